@@ -15,7 +15,7 @@ pub enum IdError {
     #[error("identifier is longer than {0} bytes")]
     TooLong(usize),
     /// Contains a character outside the allowed set.
-    #[error("identifier contains a character outside [A-Za-z0-9._:@/+-]")]
+    #[error("identifier contains a character outside [A-Za-z0-9._:@/+_-]")]
     BadCharacter,
 }
 
@@ -26,7 +26,7 @@ fn check_id(s: &str, max: usize) -> Result<(), IdError> {
     if s.len() > max {
         return Err(IdError::TooLong(max));
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:@/+-".contains(&b)) {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:@/+-".contains(&b) || b == b'_') {
         return Err(IdError::BadCharacter);
     }
     Ok(())

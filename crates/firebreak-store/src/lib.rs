@@ -1,2 +1,116 @@
-//! placeholder
+//! Persistence behind one small trait. Everything the broker must not forget across a restart
+//! lives here: sessions with their lineage, issued tokens, the subject-token replay guard,
+//! revocations and signing keys. The SQLite backend (WAL, `synchronous=FULL`) is the embedded
+//! default; a PostgreSQL backend implements the same trait (DESIGN.md §8).
+//!
+//! The store knows nothing of JOSE or HTTP: it keeps rows and enforces the invariants that need a
+//! transaction (a replayed subject token, a child of a revoked session).
 #![forbid(unsafe_code)]
+
+mod model;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use firebreak_core::{AgentId, Jti, SessionId, UnixTime};
+
+pub use model::{KeyRow, KeyState, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus};
+pub use sqlite::SqliteStore;
+
+/// A boxed future, so that `Store` can be used as `Arc<dyn Store>`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The subject token's replay key is already recorded (RFC 7519 §4.1.7).
+    #[error("subject token already used")]
+    Replay,
+    /// The parent session was revoked before the child could be recorded.
+    #[error("parent session {0} is revoked")]
+    ParentRevoked(SessionId),
+    /// The parent session does not exist.
+    #[error("parent session {0} not found")]
+    ParentMissing(SessionId),
+    /// A row that must exist does not.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The database failed (unreachable, disk full, locked past the busy timeout, …).
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored value no longer parses: the database was edited by hand or corrupted.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// The table holding the row.
+        table: &'static str,
+        /// What did not parse.
+        detail: String,
+    },
+    /// Opening the store failed (bad URL, unreadable file, failed migration).
+    #[error("cannot open store: {0}")]
+    Open(String),
+    /// Caller bug: an operation was used in a way its contract forbids.
+    #[error("store API misuse: {0}")]
+    ApiMisuse(&'static str),
+}
+
+/// What the broker persists. Every method is one transaction.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records a successful exchange atomically: the replay guard (if any), the new session, the
+    /// issued token and the agent's last use. Fails with `Replay` when the replay key exists and
+    /// with `ParentRevoked` when the parent session (or its agent) was revoked, so a child can
+    /// never be issued under a revocation that committed first.
+    fn commit_exchange(&self, exchange: NewExchange) -> StoreFuture<'_, ()>;
+
+    /// One session.
+    fn session(&self, id: &SessionId) -> StoreFuture<'_, Option<SessionRow>>;
+
+    /// Sessions, newest first, optionally for one agent, at most `limit`.
+    fn sessions(&self, agent: Option<&AgentId>, limit: u32) -> StoreFuture<'_, Vec<SessionRow>>;
+
+    /// The direct children of a session.
+    fn children(&self, id: &SessionId) -> StoreFuture<'_, Vec<SessionRow>>;
+
+    /// Revokes a session and every descendant; returns the ids newly revoked (empty when the
+    /// session was already revoked or does not exist).
+    fn revoke_session_tree(&self, id: &SessionId, at: UnixTime)
+    -> StoreFuture<'_, Vec<SessionId>>;
+
+    /// Revokes an agent and every one of its sessions; returns the sessions newly revoked.
+    fn revoke_agent(&self, agent: &AgentId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>>;
+
+    /// When the agent was revoked, if it was.
+    fn agent_revoked_at(&self, agent: &AgentId) -> StoreFuture<'_, Option<UnixTime>>;
+
+    /// When the agent last exchanged a token.
+    fn agent_last_used(&self, agent: &AgentId) -> StoreFuture<'_, Option<UnixTime>>;
+
+    /// An issued token with its effective status (revoked directly, through its session or an
+    /// ancestor session, or through its agent).
+    fn token(&self, jti: &Jti) -> StoreFuture<'_, Option<(TokenRow, TokenStatus)>>;
+
+    /// Whether a session is live: exists, and neither it, an ancestor, nor its agent is revoked.
+    fn session_status(&self, id: &SessionId) -> StoreFuture<'_, TokenStatus>;
+
+    /// All signing keys, in creation order.
+    fn keys(&self) -> StoreFuture<'_, Vec<KeyRow>>;
+
+    /// Inserts keys when the store has none (first start). Returns false, inserting nothing,
+    /// when keys already exist, so that two brokers starting at once agree on one set.
+    fn init_keys(&self, keys: Vec<KeyRow>) -> StoreFuture<'_, bool>;
+
+    /// One rotation step in one transaction: `next` → active, active → retiring (retire after
+    /// `retire_after`), retiring keys past their time → retired, and `new_next` inserted.
+    fn rotate_keys(&self, new_next: KeyRow, now: UnixTime, retire_after: UnixTime)
+    -> StoreFuture<'_, ()>;
+
+    /// Marks retiring keys whose `retire_after` has passed as retired; returns their kids.
+    fn retire_due_keys(&self, now: UnixTime) -> StoreFuture<'_, Vec<String>>;
+
+    /// Deletes replay-guard rows whose tokens have expired; returns how many.
+    fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64>;
+
+    /// A cheap round trip, for `/readyz`.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}

@@ -1,0 +1,330 @@
+//! `POST /oauth2/token`: RFC 8693 token exchange, read as one ordered function (DESIGN.md §1):
+//! parse → verify the subject and match one agent → resolve the target → decide → bound the
+//! lifetime → record the session durably → sign. The order is the security argument.
+
+use firebreak_core::{Jti, SessionId};
+use firebreak_core::clock::Stopwatch;
+use firebreak_store::{NewExchange, SessionRow, StoreError, TokenRow};
+use firebreak_token::random_b64url;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::broker::Broker;
+use crate::config::{Target, TargetKind};
+use crate::decider::{Decision, Denial, ExchangeQuery};
+use crate::error::BrokerError;
+use crate::form::Form;
+use crate::scope::parse_scope;
+use crate::subject::{Subject, TokenType};
+
+/// RFC 8693 §2.1 grant type.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3 issued token type.
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A parsed token request.
+#[derive(Debug)]
+pub struct TokenRequest {
+    subject_token: String,
+    subject_type: TokenType,
+    actor: Option<(String, TokenType)>,
+    targets: Vec<String>,
+    scope: Option<Vec<String>>,
+    purpose: Option<String>,
+}
+
+impl TokenRequest {
+    /// Parses the form. `audience` and `resource` may repeat only to be refused as naming more
+    /// than one target (`invalid_target`, X09); every other parameter repeated is
+    /// `invalid_request` (X16).
+    pub fn parse(body: &[u8]) -> Result<Self, BrokerError> {
+        let form = Form::parse(body, &["audience", "resource"])?;
+        match form.get("grant_type") {
+            None => return Err(BrokerError::Missing("grant_type")),
+            Some(GRANT_TOKEN_EXCHANGE) => {}
+            Some(_) => return Err(BrokerError::UnsupportedGrantType),
+        }
+        let subject_token = form.get("subject_token").ok_or(BrokerError::Missing("subject_token"))?;
+        let subject_type = form.get("subject_token_type").ok_or(BrokerError::Missing("subject_token_type"))?;
+        let subject_type = TokenType::parse(subject_type).ok_or(BrokerError::UnsupportedTokenType)?;
+        let actor = match (form.get("actor_token"), form.get("actor_token_type")) {
+            (None, None) => None,
+            (Some(t), Some(ty)) => Some((t.to_owned(), TokenType::parse(ty).ok_or(BrokerError::UnsupportedTokenType)?)),
+            // RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present, and
+            // MUST NOT be included otherwise.
+            (Some(_), None) => return Err(BrokerError::Missing("actor_token_type")),
+            (None, Some(_)) => return Err(BrokerError::Missing("actor_token")),
+        };
+        let mut targets = Vec::new();
+        for r in form.all("resource") {
+            // RFC 8707 §2: an absolute URI without a fragment.
+            if !r.contains("://") || r.contains('#') {
+                return Err(BrokerError::TargetNotRegistered);
+            }
+            targets.push(r.to_owned());
+        }
+        targets.extend(form.all("audience").into_iter().map(str::to_owned));
+        let scope = form.get("scope").map(parse_scope).transpose()?;
+        let purpose = form.get("purpose").map(str::to_owned);
+        if purpose.as_ref().is_some_and(|p| p.len() > 256 || p.chars().any(char::is_control)) {
+            return Err(BrokerError::BadRequest("purpose"));
+        }
+        Ok(Self { subject_token: subject_token.to_owned(), subject_type, actor, targets, scope, purpose })
+    }
+}
+
+/// The success response (RFC 8693 §2.2.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The issued token.
+    pub access_token: String,
+    /// Always the access-token URN.
+    pub issued_token_type: &'static str,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until `exp`.
+    pub expires_in: i64,
+    /// Granted scopes (omitted when none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// What one exchange decided, for logs and metrics whatever the outcome.
+#[derive(Debug, Default)]
+pub struct ExchangeTrace {
+    /// The matched agent, once known.
+    pub agent: Option<String>,
+    /// The resolved target, once known.
+    pub target: Option<String>,
+    /// The issued token's jti.
+    pub jti: Option<String>,
+    /// The session opened.
+    pub session: Option<String>,
+}
+
+impl Broker {
+    /// One token exchange.
+    pub async fn exchange(&self, body: &[u8], trace: &mut ExchangeTrace) -> Result<TokenResponse, BrokerError> {
+        let timer = Stopwatch::start();
+        let result = self.exchange_inner(body, trace).await;
+        let secs = timer.elapsed_secs();
+        match &result {
+            Ok(r) => {
+                self.metrics.exchange("issued", "ok", secs);
+                self.metrics.issued_ttl(r.expires_in as f64);
+            }
+            Err(e) => {
+                let outcome = if e.oauth().0.is_server_error() { "error" } else { "denied" };
+                self.metrics.exchange(outcome, e.reason().as_str(), secs);
+            }
+        }
+        result
+    }
+
+    async fn exchange_inner(&self, body: &[u8], trace: &mut ExchangeTrace) -> Result<TokenResponse, BrokerError> {
+        // Parse: strict form, one value per parameter.
+        let req = TokenRequest::parse(body)?;
+        // One snapshot of the key ring for the whole request: the key that verifies a parent
+        // token and the key that signs are from the same moment, whatever a rotation does.
+        let keys = self.keys();
+        // Authenticate the subject: verify the token and match exactly one agent.
+        let subject =
+            self.verifier.subject(&req.subject_token, req.subject_type, &keys).await.map_err(BrokerError::subject)?;
+        trace.agent = Some(subject.agent.id.to_string());
+        // Delegation: the actor must be one the subject names in `may_act`.
+        let act = match &req.actor {
+            None => subject.parent.as_ref().and_then(|p| p.claims.get("act").cloned()),
+            Some((token, ty)) => Some(self.delegation(&subject, token, *ty, &keys).await?),
+        };
+        // Target: exactly one registered target, in the agent's tenant and environment.
+        let target = self.resolve_target(&req.targets)?;
+        trace.target = Some(target.id.to_string());
+        if target.kind != TargetKind::Broker
+            && (target.tenant != subject.agent.tenant
+                || target.environment != subject.agent.environment
+                || !subject.agent.tier_allows(&target.tier))
+        {
+            return Err(BrokerError::CrossEnvironment);
+        }
+        // Decide. A child may only narrow: what it asks must also be in its parent's scope.
+        let requested = match (&req.scope, &subject.parent) {
+            (Some(s), Some(p)) => {
+                if s.iter().any(|x| !p.scopes.contains(x)) {
+                    return Err(BrokerError::Scope(firebreak_core::Reason::ScopeNotGranted));
+                }
+                Some(s.clone())
+            }
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(p)) => Some(p.scopes.clone()),
+            (None, None) => None,
+        };
+        let decision = self.decider.decide_exchange(&ExchangeQuery {
+            agent: &subject.agent,
+            target: &target,
+            requested: requested.as_deref(),
+        });
+        let permit = match decision {
+            Decision::Allow(p) => p,
+            Decision::Deny(Denial::Target(r)) => return Err(BrokerError::TargetDenied(r)),
+            Decision::Deny(Denial::Scope(r)) => return Err(BrokerError::Scope(r)),
+        };
+        // Lifetime: the smallest of every bound (X07); nothing left means nothing issued.
+        let now = self.clock.now();
+        let now_s = now.as_secs();
+        let limit = |ms: u64| now_s.saturating_add(i64::try_from(ms / 1000).unwrap_or(i64::MAX));
+        let exp = [
+            limit(self.config.limits.default_ttl.as_millis()),
+            limit(target.max_ttl.as_millis()),
+            subject.exp,
+            subject.agent.expires.as_secs(),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(now_s);
+        if exp <= now_s {
+            return Err(BrokerError::NoLifetime);
+        }
+        // Session: a child records its parent, depth and actor chain.
+        let session_id = SessionId::try_from(format!("s_{}", random_b64url(18)))
+            .map_err(|_| BrokerError::Signing("session id".into()))?;
+        let jti = Jti::try_from(format!("t_{}", random_b64url(18))).map_err(|_| BrokerError::Signing("jti".into()))?;
+        let parent = subject.parent.as_ref();
+        let depth = match parent {
+            Some(p) => self.session_depth(&p.session).await?.saturating_add(1),
+            None => 0,
+        };
+        let scope = permit.scopes().join(" ");
+        let purpose = req.purpose.clone().unwrap_or_else(|| subject.agent.purpose.clone());
+        let kid = keys.active().kid().to_owned();
+        let mut claims = json!({
+            "iss": self.config.server.public_url,
+            "sub": subject.agent.id.as_str(),
+            "aud": target.audience,
+            "exp": exp,
+            "iat": now_s,
+            "nbf": now_s,
+            "jti": jti.as_str(),
+            "client_id": subject.agent.id.as_str(),
+            "sid": session_id.as_str(),
+            "tenant": subject.agent.tenant,
+            "env": subject.agent.environment,
+            "tier": target.tier,
+            "purpose": purpose,
+            "fb_pv": permit.policy_version(),
+        });
+        if let Some(obj) = claims.as_object_mut() {
+            if !scope.is_empty() {
+                obj.insert("scope".into(), Value::String(scope.clone()));
+            }
+            if let Some(a) = &act {
+                obj.insert("act".into(), a.clone());
+            }
+        }
+        let exchange = NewExchange {
+            replay: subject.replay.clone(),
+            session: SessionRow {
+                id: session_id.clone(),
+                agent: subject.agent.id.clone(),
+                parent: parent.map(|p| p.session.clone()),
+                depth,
+                target: target.id.clone(),
+                audience: target.audience.clone(),
+                scope: scope.clone(),
+                act: act.clone().unwrap_or(Value::Null),
+                subject_issuer: subject.issuer_id.clone(),
+                created_at: now,
+                expires_at: firebreak_core::UnixTime::from_secs(exp),
+                revoked_at: None,
+            },
+            token: TokenRow {
+                jti: jti.clone(),
+                session: session_id.clone(),
+                agent: subject.agent.id.clone(),
+                audience: target.audience.clone(),
+                kid,
+                issued_at: now,
+                expires_at: firebreak_core::UnixTime::from_secs(exp),
+                revoked_at: None,
+            },
+        };
+        // Record: durable before the token exists. A replayed subject token or a parent revoked
+        // in the meantime fails here, inside the same transaction.
+        match self.store.commit_exchange(exchange).await {
+            Ok(()) => {}
+            Err(StoreError::Replay) => return Err(BrokerError::Replay),
+            Err(StoreError::ParentRevoked(_) | StoreError::ParentMissing(_)) => {
+                return Err(BrokerError::Subject(crate::error::SubjectError::Revoked));
+            }
+            Err(e) => return Err(BrokerError::Store(e)),
+        }
+        trace.jti = Some(jti.to_string());
+        trace.session = Some(session_id.to_string());
+        // Sign: the last step, with the key of the snapshot taken at the start.
+        let access_token =
+            keys.active().sign_jwt("at+jwt", &claims).map_err(|e| BrokerError::Signing(e.to_string()))?;
+        Ok(TokenResponse {
+            access_token,
+            issued_token_type: TOKEN_TYPE_ACCESS,
+            token_type: "Bearer",
+            expires_in: exp.saturating_sub(now_s),
+            scope,
+        })
+    }
+
+    /// Exactly one target named by every `audience`/`resource` value.
+    fn resolve_target(&self, names: &[String]) -> Result<Target, BrokerError> {
+        let mut found: Option<&Target> = None;
+        if names.is_empty() {
+            return Err(BrokerError::Missing("audience"));
+        }
+        for n in names {
+            let t = self.config.target_by_audience(n).ok_or(BrokerError::TargetNotRegistered)?;
+            match found {
+                Some(f) if f.id != t.id => return Err(BrokerError::TargetNotRegistered),
+                _ => found = Some(t),
+            }
+        }
+        found.cloned().ok_or(BrokerError::TargetNotRegistered)
+    }
+
+    async fn session_depth(&self, id: &SessionId) -> Result<u32, BrokerError> {
+        match self.store.session(id).await? {
+            Some(s) => Ok(s.depth),
+            None => Err(BrokerError::Subject(crate::error::SubjectError::Revoked)),
+        }
+    }
+
+    /// Verifies the actor and builds the issued `act` (RFC 8693 §4.1): the actor on top, the
+    /// subject's existing chain nested beneath it.
+    async fn delegation(
+        &self,
+        subject: &Subject,
+        token: &str,
+        ty: TokenType,
+        keys: &crate::keys::KeyRing,
+    ) -> Result<Value, BrokerError> {
+        let actor = self.verifier.subject(token, ty, keys).await.map_err(BrokerError::actor)?;
+        // RFC 8693 §4.4: `may_act` names who may act for the subject; without it, nobody.
+        let may = subject.claims.get("may_act").and_then(|m| m.get("sub")).and_then(Value::as_str);
+        if may != Some(actor.agent.id.as_str()) {
+            return Err(BrokerError::Delegation);
+        }
+        let prior = subject.parent.as_ref().and_then(|p| p.claims.get("act").cloned());
+        let mut act = json!({ "sub": actor.agent.id.as_str() });
+        let mut depth = 1u32;
+        if let Some(p) = prior {
+            let mut cur = Some(&p);
+            while let Some(c) = cur {
+                depth = depth.saturating_add(1);
+                cur = c.get("act");
+            }
+            if let Some(o) = act.as_object_mut() {
+                o.insert("act".into(), p);
+            }
+        }
+        if depth > self.config.limits.max_act_depth {
+            return Err(BrokerError::Delegation);
+        }
+        Ok(act)
+    }
+}

@@ -1,0 +1,165 @@
+//! Rows as the broker reads and writes them.
+
+use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
+use serde::Serialize;
+
+/// The replay guard of one subject token: unique per (issuer, key) until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct ReplayGuard {
+    /// The issuer id (config `[[issuer]] id`).
+    pub issuer: String,
+    /// The token's `jti`, or the SHA-256 of the token when the issuer sets none.
+    pub key: String,
+    /// When the row may be forgotten: the token's `exp` plus leeway.
+    pub expires_at: UnixTime,
+}
+
+/// Everything one successful exchange records.
+#[derive(Debug, Clone)]
+pub struct NewExchange {
+    /// Replay guard for external subject tokens; `None` for a Firebreak parent token.
+    pub replay: Option<ReplayGuard>,
+    /// The session opened by this exchange.
+    pub session: SessionRow,
+    /// The token issued in it.
+    pub token: TokenRow,
+}
+
+/// One session: opened by an exchange, with its lineage.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    /// Session id (`sid`).
+    pub id: SessionId,
+    /// The agent it belongs to.
+    pub agent: AgentId,
+    /// The session whose token was the subject token, for a child exchange.
+    pub parent: Option<SessionId>,
+    /// 0 for a root session, parent's depth + 1 for a child.
+    pub depth: u32,
+    /// The target the session's token is for.
+    pub target: TargetId,
+    /// That target's audience.
+    pub audience: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The actor chain (`act`) as JSON, `null` when none.
+    pub act: serde_json::Value,
+    /// The subject token's issuer id (`firebreak` for a child exchange).
+    pub subject_issuer: String,
+    /// When the session started.
+    pub created_at: UnixTime,
+    /// When its token expires.
+    pub expires_at: UnixTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// One issued access token (its claims live in the JWT; this row is what revocation and
+/// introspection consult).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRow {
+    /// The token's `jti`.
+    pub jti: Jti,
+    /// Its session.
+    pub session: SessionId,
+    /// Its agent (`sub`).
+    pub agent: AgentId,
+    /// Its audience.
+    pub audience: String,
+    /// The key that signed it.
+    pub kid: String,
+    /// `iat`.
+    pub issued_at: UnixTime,
+    /// `exp`.
+    pub expires_at: UnixTime,
+    /// When it was revoked directly, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// Effective status of a token or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// Not revoked by any path.
+    Live,
+    /// Revoked: the token, its session, an ancestor session or its agent.
+    Revoked,
+    /// No such row.
+    Unknown,
+}
+
+/// Lifecycle of a signing key: published before it signs, published after it stops signing
+/// until every token it signed has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Published in JWKS, not yet signing.
+    Next,
+    /// Signs new tokens (exactly one key at a time).
+    Active,
+    /// No longer signs; still published until `retire_after`.
+    Retiring,
+    /// Unpublished; kept for the record.
+    Retired,
+}
+
+impl KeyState {
+    /// The stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::Active => "active",
+            Self::Retiring => "retiring",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "next" => Some(Self::Next),
+            "active" => Some(Self::Active),
+            "retiring" => Some(Self::Retiring),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A signing key as stored. `secret` is the PKCS#8 document, sealed with the key-encryption key
+/// when one is configured (`sealed`), else plain inside a 0600 database file.
+#[derive(Clone, Serialize)]
+pub struct KeyRow {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// PKCS#8, possibly sealed. Never serialised.
+    #[serde(skip)]
+    pub secret: Vec<u8>,
+    /// Whether `secret` is sealed.
+    pub sealed: bool,
+    /// The public JWK, as JSON text.
+    pub public_jwk: String,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// When it became active.
+    pub activated_at: Option<UnixTime>,
+    /// When it stopped signing.
+    pub retiring_at: Option<UnixTime>,
+    /// When a retiring key may be unpublished.
+    pub retire_after: Option<UnixTime>,
+}
+
+impl std::fmt::Debug for KeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRow")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("state", &self.state)
+            .field("secret", &"[redacted]")
+            .field("sealed", &self.sealed)
+            .finish_non_exhaustive()
+    }
+}

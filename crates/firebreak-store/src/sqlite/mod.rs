@@ -1,0 +1,607 @@
+//! The embedded SQLite backend: one file, WAL, `synchronous=FULL` so a committed exchange survives
+//! a crash. One connection behind a mutex serialises writers (SQLite allows one anyway); calls
+//! run on tokio's blocking pool so the async runtime never waits on a disk flush.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    KeyRow, KeyState, NewExchange, SessionRow, Store, StoreError, StoreFuture, TokenRow,
+    TokenStatus,
+};
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) the database at `path` and runs migrations.
+    ///
+    /// # Errors
+    /// `StoreError::Open` when the file cannot be created or opened or a migration fails.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+        }
+        create_private_file(path)?;
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 1000;",
+        )
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+    }
+
+    /// Parses a `[store] url` of the form `sqlite:///abs/path`, `sqlite://rel/path` or
+    /// `sqlite:path` into a file path.
+    pub fn path_from_url(url: &str) -> Option<PathBuf> {
+        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+        (!rest.is_empty()).then(|| PathBuf::from(rest))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    fn with<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock poisons it; the connection itself is still
+                // consistent (SQLite rolled back), so keep serving.
+                let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                f(&mut guard)
+            })
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+        })
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so keys and sessions are
+/// never readable by other users, even for an instant.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn ms(t: UnixTime) -> i64 {
+    t.as_millis()
+}
+
+fn opt_time(v: Option<i64>) -> Option<UnixTime> {
+    v.map(UnixTime::from_millis)
+}
+
+fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { table, detail: detail.to_string() }
+}
+
+const SESSION_COLS: &str = "id, agent, parent, depth, target, audience, scope, act, \
+                            subject_issuer, created_at, expires_at, revoked_at";
+
+fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionRow, StoreError>> {
+    let id: String = row.get(0)?;
+    let agent: String = row.get(1)?;
+    let parent: Option<String> = row.get(2)?;
+    let depth: i64 = row.get(3)?;
+    let target: String = row.get(4)?;
+    let act: String = row.get(7)?;
+    Ok((|| {
+        Ok(SessionRow {
+            id: SessionId::try_from(id).map_err(|e| corrupt("sessions", e))?,
+            agent: AgentId::try_from(agent).map_err(|e| corrupt("sessions", e))?,
+            parent: parent
+                .map(SessionId::try_from)
+                .transpose()
+                .map_err(|e| corrupt("sessions", e))?,
+            depth: u32::try_from(depth).map_err(|e| corrupt("sessions", e))?,
+            target: TargetId::try_from(target).map_err(|e| corrupt("sessions", e))?,
+            audience: row.get(5).map_err(db_err)?,
+            scope: row.get(6).map_err(db_err)?,
+            act: serde_json::from_str(&act).map_err(|e| corrupt("sessions", e))?,
+            subject_issuer: row.get(8).map_err(db_err)?,
+            created_at: UnixTime::from_millis(row.get(9).map_err(db_err)?),
+            expires_at: UnixTime::from_millis(row.get(10).map_err(db_err)?),
+            revoked_at: opt_time(row.get(11).map_err(db_err)?),
+        })
+    })())
+}
+
+fn collect_sessions(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<SessionRow>, StoreError> {
+    let rows = stmt.query_map(params, session_from_row).map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(db_err)??);
+    }
+    Ok(out)
+}
+
+/// Live = the session exists and neither it, an ancestor, nor its agent is revoked.
+fn session_status_tx(conn: &Connection, id: &str) -> Result<TokenStatus, StoreError> {
+    let row: Option<(i64, Option<i64>)> = conn
+        .query_row(
+            "WITH RECURSIVE chain(id, parent, revoked_at, agent) AS (
+                 SELECT id, parent, revoked_at, agent FROM sessions WHERE id = ?1
+                 UNION ALL
+                 SELECT s.id, s.parent, s.revoked_at, s.agent
+                   FROM sessions s JOIN chain c ON s.id = c.parent)
+             SELECT COUNT(*),
+                    MAX(COALESCE(c.revoked_at, a.revoked_at))
+               FROM chain c LEFT JOIN agent_state a ON a.id = c.agent",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    Ok(match row {
+        None | Some((0, _)) => TokenStatus::Unknown,
+        Some((_, Some(_))) => TokenStatus::Revoked,
+        Some((_, None)) => TokenStatus::Live,
+    })
+}
+
+fn revoke_tree_tx(
+    tx: &rusqlite::Transaction<'_>,
+    root: &str,
+    at: i64,
+) -> Result<Vec<SessionId>, StoreError> {
+    let mut stmt = tx
+        .prepare(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT id FROM sessions WHERE id = ?1
+                 UNION ALL
+                 SELECT s.id FROM sessions s JOIN tree t ON s.parent = t.id)
+             UPDATE sessions SET revoked_at = ?2
+              WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL
+             RETURNING id",
+        )
+        .map_err(db_err)?;
+    let ids = stmt.query_map(params![root, at], |r| r.get::<_, String>(0)).map_err(db_err)?;
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(SessionId::try_from(id.map_err(db_err)?).map_err(|e| corrupt("sessions", e))?);
+    }
+    Ok(out)
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<KeyRow, StoreError>> {
+    let state: String = row.get(2)?;
+    let sealed: i64 = row.get(4)?;
+    Ok((|| {
+        Ok(KeyRow {
+            kid: row.get(0).map_err(db_err)?,
+            alg: row.get(1).map_err(db_err)?,
+            state: KeyState::parse(&state).ok_or_else(|| corrupt("signing_keys", &state))?,
+            secret: row.get(3).map_err(db_err)?,
+            sealed: sealed != 0,
+            public_jwk: row.get(5).map_err(db_err)?,
+            created_at: UnixTime::from_millis(row.get(6).map_err(db_err)?),
+            activated_at: opt_time(row.get(7).map_err(db_err)?),
+            retiring_at: opt_time(row.get(8).map_err(db_err)?),
+            retire_after: opt_time(row.get(9).map_err(db_err)?),
+        })
+    })())
+}
+
+fn insert_key(tx: &Connection, k: &KeyRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO signing_keys (kid, alg, state, secret, sealed, public_jwk, created_at,
+                                   activated_at, retiring_at, retire_after)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            k.kid,
+            k.alg,
+            k.state.as_str(),
+            k.secret,
+            i64::from(k.sealed),
+            k.public_jwk,
+            ms(k.created_at),
+            k.activated_at.map(ms),
+            k.retiring_at.map(ms),
+            k.retire_after.map(ms),
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn commit_exchange(&self, ex: NewExchange) -> StoreFuture<'_, ()> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            if let Some(r) = &ex.replay {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO replay (issuer, key, expires_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                        params![r.issuer, r.key, ms(r.expires_at)],
+                    )
+                    .map_err(db_err)?;
+                if inserted == 0 {
+                    return Err(StoreError::Replay);
+                }
+            }
+            let s = &ex.session;
+            // INVARIANT (no-child-of-revoked): the parent's status is read inside the same
+            // write transaction that inserts the child, and SQLite serialises writers, so a
+            // revocation that committed first is always seen here.
+            if let Some(parent) = &s.parent {
+                match session_status_tx(&tx, parent.as_str())? {
+                    TokenStatus::Live => {}
+                    TokenStatus::Revoked => return Err(StoreError::ParentRevoked(parent.clone())),
+                    TokenStatus::Unknown => return Err(StoreError::ParentMissing(parent.clone())),
+                }
+            }
+            let agent_revoked: Option<i64> = tx
+                .query_row(
+                    "SELECT revoked_at FROM agent_state WHERE id = ?1",
+                    params![s.agent.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .flatten();
+            if agent_revoked.is_some() {
+                return Err(StoreError::ParentRevoked(s.id.clone()));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO sessions ({SESSION_COLS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)"
+                ),
+                params![
+                    s.id.as_str(),
+                    s.agent.as_str(),
+                    s.parent.as_ref().map(SessionId::as_str),
+                    i64::from(s.depth),
+                    s.target.as_str(),
+                    s.audience,
+                    s.scope,
+                    s.act.to_string(),
+                    s.subject_issuer,
+                    ms(s.created_at),
+                    ms(s.expires_at),
+                ],
+            )
+            .map_err(db_err)?;
+            let t = &ex.token;
+            tx.execute(
+                "INSERT INTO tokens (jti, session, agent, audience, kid, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.jti.as_str(),
+                    t.session.as_str(),
+                    t.agent.as_str(),
+                    t.audience,
+                    t.kid,
+                    ms(t.issued_at),
+                    ms(t.expires_at),
+                ],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO agent_state (id, last_used) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used",
+                params![s.agent.as_str(), ms(s.created_at)],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+    }
+
+    fn session(&self, id: &SessionId) -> StoreFuture<'_, Option<SessionRow>> {
+        let id = id.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"))
+                .map_err(db_err)?;
+            Ok(collect_sessions(&mut stmt, params![id.as_str()])?.into_iter().next())
+        })
+    }
+
+    fn sessions(&self, agent: Option<&AgentId>, limit: u32) -> StoreFuture<'_, Vec<SessionRow>> {
+        let agent = agent.cloned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLS} FROM sessions
+                      WHERE (?1 IS NULL OR agent = ?1)
+                      ORDER BY created_at DESC, id LIMIT ?2"
+                ))
+                .map_err(db_err)?;
+            collect_sessions(&mut stmt, params![agent.as_ref().map(AgentId::as_str), limit])
+        })
+    }
+
+    fn children(&self, id: &SessionId) -> StoreFuture<'_, Vec<SessionRow>> {
+        let id = id.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE parent = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(db_err)?;
+            collect_sessions(&mut stmt, params![id.as_str()])
+        })
+    }
+
+    fn revoke_session_tree(
+        &self,
+        id: &SessionId,
+        at: UnixTime,
+    ) -> StoreFuture<'_, Vec<SessionId>> {
+        let id = id.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            let ids = revoke_tree_tx(&tx, id.as_str(), ms(at))?;
+            tx.commit().map_err(db_err)?;
+            Ok(ids)
+        })
+    }
+
+    fn revoke_agent(&self, agent: &AgentId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>> {
+        let agent = agent.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO agent_state (id, revoked_at) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET revoked_at = COALESCE(revoked_at, excluded.revoked_at)",
+                params![agent.as_str(), ms(at)],
+            )
+            .map_err(db_err)?;
+            let mut out = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare(
+                        "UPDATE sessions SET revoked_at = ?2
+                          WHERE agent = ?1 AND revoked_at IS NULL RETURNING id",
+                    )
+                    .map_err(db_err)?;
+                let ids = stmt
+                    .query_map(params![agent.as_str(), ms(at)], |r| r.get::<_, String>(0))
+                    .map_err(db_err)?;
+                for id in ids {
+                    out.push(
+                        SessionId::try_from(id.map_err(db_err)?)
+                            .map_err(|e| corrupt("sessions", e))?,
+                    );
+                }
+            }
+            // Children of this agent's sessions may belong to other agents (delegation); they
+            // go too, since their authority came from a revoked session.
+            let mut more = Vec::new();
+            for id in &out {
+                more.extend(revoke_tree_tx(&tx, id.as_str(), ms(at))?);
+            }
+            out.extend(more);
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+    }
+
+    fn agent_revoked_at(&self, agent: &AgentId) -> StoreFuture<'_, Option<UnixTime>> {
+        let agent = agent.clone();
+        self.with(move |conn| {
+            let v: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT revoked_at FROM agent_state WHERE id = ?1",
+                    params![agent.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            Ok(opt_time(v.flatten()))
+        })
+    }
+
+    fn agent_last_used(&self, agent: &AgentId) -> StoreFuture<'_, Option<UnixTime>> {
+        let agent = agent.clone();
+        self.with(move |conn| {
+            let v: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT last_used FROM agent_state WHERE id = ?1",
+                    params![agent.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            Ok(opt_time(v.flatten()))
+        })
+    }
+
+    fn token(&self, jti: &Jti) -> StoreFuture<'_, Option<(TokenRow, TokenStatus)>> {
+        let jti = jti.clone();
+        self.with(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT jti, session, agent, audience, kid, issued_at, expires_at, revoked_at
+                       FROM tokens WHERE jti = ?1",
+                    params![jti.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, i64>(6)?,
+                            r.get::<_, Option<i64>>(7)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((jti, session, agent, audience, kid, iat, exp, revoked)) = row else {
+                return Ok(None);
+            };
+            let status = if revoked.is_some() {
+                TokenStatus::Revoked
+            } else {
+                match session_status_tx(conn, &session)? {
+                    TokenStatus::Unknown => TokenStatus::Revoked,
+                    s => s,
+                }
+            };
+            let token = TokenRow {
+                jti: Jti::try_from(jti).map_err(|e| corrupt("tokens", e))?,
+                session: SessionId::try_from(session).map_err(|e| corrupt("tokens", e))?,
+                agent: AgentId::try_from(agent).map_err(|e| corrupt("tokens", e))?,
+                audience,
+                kid,
+                issued_at: UnixTime::from_millis(iat),
+                expires_at: UnixTime::from_millis(exp),
+                revoked_at: opt_time(revoked),
+            };
+            Ok(Some((token, status)))
+        })
+    }
+
+    fn session_status(&self, id: &SessionId) -> StoreFuture<'_, TokenStatus> {
+        let id = id.clone();
+        self.with(move |conn| session_status_tx(conn, id.as_str()))
+    }
+
+    fn keys(&self) -> StoreFuture<'_, Vec<KeyRow>> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT kid, alg, state, secret, sealed, public_jwk, created_at, activated_at,
+                            retiring_at, retire_after
+                       FROM signing_keys ORDER BY created_at, kid",
+                )
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], key_from_row).map_err(db_err)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r.map_err(db_err)??);
+            }
+            Ok(out)
+        })
+    }
+
+    fn init_keys(&self, keys: Vec<KeyRow>) -> StoreFuture<'_, bool> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM signing_keys", [], |r| r.get(0)).map_err(db_err)?;
+            if n > 0 {
+                return Ok(false);
+            }
+            for k in &keys {
+                insert_key(&tx, k)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+    }
+
+    fn rotate_keys(
+        &self,
+        new_next: KeyRow,
+        now: UnixTime,
+        retire_after: UnixTime,
+    ) -> StoreFuture<'_, ()> {
+        self.with(move |conn| {
+            if new_next.state != KeyState::Next {
+                return Err(StoreError::ApiMisuse("rotate_keys takes a key in state next"));
+            }
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let next: Option<String> = tx
+                .query_row("SELECT kid FROM signing_keys WHERE state = 'next'", [], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let Some(next) = next else {
+                return Err(StoreError::NotFound("signing key in state next".into()));
+            };
+            tx.execute(
+                "UPDATE signing_keys SET state = 'retired'
+                  WHERE state = 'retiring' AND retire_after <= ?1",
+                params![ms(now)],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "UPDATE signing_keys SET state = 'retiring', retiring_at = ?1, retire_after = ?2
+                  WHERE state = 'active'",
+                params![ms(now), ms(retire_after)],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "UPDATE signing_keys SET state = 'active', activated_at = ?1 WHERE kid = ?2",
+                params![ms(now), next],
+            )
+            .map_err(db_err)?;
+            insert_key(&tx, &new_next)?;
+            tx.commit().map_err(db_err)
+        })
+    }
+
+    fn retire_due_keys(&self, now: UnixTime) -> StoreFuture<'_, Vec<String>> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE signing_keys SET state = 'retired'
+                      WHERE state = 'retiring' AND retire_after <= ?1 RETURNING kid",
+                )
+                .map_err(db_err)?;
+            let rows = stmt.query_map(params![ms(now)], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+        })
+    }
+
+    fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64> {
+        self.with(move |conn| {
+            let n = conn
+                .execute("DELETE FROM replay WHERE expires_at <= ?1", params![ms(now)])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
