@@ -90,11 +90,11 @@ impl fmt::Debug for ConfigDuration {
 
 impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 != 0 {
+        if !self.0.is_multiple_of(1000) {
             write!(f, "{}ms", self.0)
-        } else if self.0 % 3_600_000 == 0 && self.0 > 0 {
+        } else if self.0.is_multiple_of(3_600_000) && self.0 > 0 {
             write!(f, "{}h", self.0 / 3_600_000)
-        } else if self.0 % 60_000 == 0 && self.0 > 0 {
+        } else if self.0.is_multiple_of(60_000) && self.0 > 0 {
             write!(f, "{}m", self.0 / 60_000)
         } else {
             write!(f, "{}s", self.0 / 1000)

@@ -60,7 +60,10 @@ pub struct StandardClaims {
 /// 9999-12-31T23:59:59Z: no real token expires later, and it keeps sums far from overflow.
 const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
-fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<i64>, TokenError> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<i64>, TokenError> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::Number(n)) => {
@@ -82,7 +85,10 @@ fn required_date(claims: &Map<String, Value>, claim: &'static str) -> Result<i64
     numeric_date(claims, claim)?.ok_or(TokenError::MissingClaim { claim })
 }
 
-fn optional_string(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<String>, TokenError> {
+fn optional_string(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<String>, TokenError> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
@@ -101,10 +107,17 @@ fn check_typ(typ: Option<&str>, expected: TypExpectation) -> Result<(), TokenErr
         }),
         TypExpectation::IdToken => typ.is_none_or(|t| t.eq_ignore_ascii_case("JWT")),
     };
-    if ok { Ok(()) } else { Err(TokenError::WrongTokenType) }
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::WrongTokenType)
+    }
 }
 
-fn audiences(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Result<Vec<String>, TokenError> {
+fn audiences(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules<'_>,
+) -> Result<Vec<String>, TokenError> {
     const CLAIM: &str = "aud";
     match claims.get(CLAIM) {
         None => Err(TokenError::MissingClaim { claim: CLAIM }),
@@ -157,7 +170,10 @@ fn audiences(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Result<Vec<
 /// The variants above, plus `WrongTokenType`, `MissingClaim`, `ClaimType`,
 /// `NumericDateOutOfRange`, `IssuerMismatch`, `AudienceMismatch`, `MultipleAudiencesRefused`,
 /// `AuthorizedPartyMismatch`, `TimeOverflow`, and `ApiMisuse` for a negative leeway or max age.
-pub fn validate_claims(jwt: &UnverifiedJwt, rules: &ClaimRules<'_>) -> Result<StandardClaims, TokenError> {
+pub fn validate_claims(
+    jwt: &UnverifiedJwt,
+    rules: &ClaimRules<'_>,
+) -> Result<StandardClaims, TokenError> {
     if rules.leeway_secs < 0 {
         return Err(TokenError::ApiMisuse("leeway_secs is negative"));
     }
@@ -182,8 +198,12 @@ pub fn validate_claims(jwt: &UnverifiedJwt, rules: &ClaimRules<'_>) -> Result<St
     };
 
     let now = rules.now_secs;
-    let earliest = now.checked_sub(rules.leeway_secs).ok_or(TokenError::TimeOverflow)?;
-    let latest = now.checked_add(rules.leeway_secs).ok_or(TokenError::TimeOverflow)?;
+    let earliest = now
+        .checked_sub(rules.leeway_secs)
+        .ok_or(TokenError::TimeOverflow)?;
+    let latest = now
+        .checked_add(rules.leeway_secs)
+        .ok_or(TokenError::TimeOverflow)?;
     if exp <= earliest {
         return Err(TokenError::TokenExpired);
     }
@@ -194,10 +214,20 @@ pub fn validate_claims(jwt: &UnverifiedJwt, rules: &ClaimRules<'_>) -> Result<St
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max_age) = rules.max_age_secs {
-        let oldest = earliest.checked_sub(max_age).ok_or(TokenError::TimeOverflow)?;
+        let oldest = earliest
+            .checked_sub(max_age)
+            .ok_or(TokenError::TimeOverflow)?;
         if iat < oldest {
             return Err(TokenError::TooOld);
         }
     }
-    Ok(StandardClaims { iss, sub, aud, exp, iat, nbf, jti })
+    Ok(StandardClaims {
+        iss,
+        sub,
+        aud,
+        exp,
+        iat,
+        nbf,
+        jti,
+    })
 }

@@ -29,7 +29,10 @@ struct StrictSeed<'v> {
 impl<'v> StrictSeed<'v> {
     fn child<E: serde::de::Error>(&self) -> Result<StrictSeed<'v>, E> {
         match self.depth_left.checked_sub(1) {
-            Some(depth_left) => Ok(StrictSeed { depth_left, violation: self.violation }),
+            Some(depth_left) => Ok(StrictSeed {
+                depth_left,
+                violation: self.violation,
+            }),
             None => {
                 self.violation.set(Some(Violation::TooDeep));
                 Err(E::custom("nesting too deep"))
@@ -67,7 +70,9 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
         // serde_json never yields NaN or infinity, but refuse them rather than map to null.
-        Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("non-finite number"))
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -107,14 +112,21 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 }
 
 /// Parses `bytes` as one strict JSON value. `max_depth` counts containers: `{}` is depth 1.
-pub(crate) fn parse_value(bytes: &[u8], max_depth: usize, seg: Segment) -> Result<Value, TokenError> {
+pub(crate) fn parse_value(
+    bytes: &[u8],
+    max_depth: usize,
+    seg: Segment,
+) -> Result<Value, TokenError> {
     // serde_json would refuse a BOM too, but as a generic syntax error; name it explicitly.
     if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return Err(TokenError::BadJson(seg));
     }
     let violation = Cell::new(None);
     // The top-level value itself counts as one level when it is a container.
-    let seed = StrictSeed { depth_left: max_depth, violation: &violation };
+    let seed = StrictSeed {
+        depth_left: max_depth,
+        violation: &violation,
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     match (result, violation.get()) {
@@ -166,7 +178,10 @@ mod tests {
 
     #[test]
     fn trailing_garbage_and_bom_refused() {
-        assert_eq!(parse_value(b"{} x", 8, Segment::Header), Err(TokenError::BadJson(Segment::Header)));
+        assert_eq!(
+            parse_value(b"{} x", 8, Segment::Header),
+            Err(TokenError::BadJson(Segment::Header))
+        );
         assert_eq!(
             parse_value(b"\xEF\xBB\xBF{}", 8, Segment::Header),
             Err(TokenError::BadJson(Segment::Header))

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::error::{FetchError, Segment};
+use crate::jwt::kid_is_acceptable;
 use crate::{KeySet, PublicKey, TokenError, json};
 
 /// Bounds for fetching and keeping an issuer's keys.
@@ -132,11 +133,20 @@ fn build_client(allow_http: bool) -> Option<HttpClient> {
     };
     // No idle pool: fetches are rare, and a pooled connection the server already closed would
     // turn into a spurious failure. The legacy client never follows redirects.
-    Some(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector))
+    Some(
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector),
+    )
 }
 
 fn is_json_content_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -173,7 +183,11 @@ impl JwksCache {
     }
 
     fn snapshot(&self) -> Option<Snapshot> {
-        self.inner.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn age(now: i64, snap: &Snapshot) -> i64 {
@@ -195,7 +209,11 @@ impl JwksCache {
             Freshness::Fresh => self.is_fresh(now, &snap),
             Freshness::Usable => self.is_usable(now, &snap),
         };
-        if ok { snap.keys.get(kid).cloned() } else { None }
+        if ok {
+            snap.keys.get(kid).cloned()
+        } else {
+            None
+        }
     }
 
     /// The trusted key for `kid`.
@@ -206,9 +224,14 @@ impl JwksCache {
     /// inside that window is refused without fetching).
     ///
     /// # Errors
+    /// [`TokenError::BadKid`] for a kid that is not 1..=256 printable ASCII (no fetch);
     /// [`TokenError::UnknownKey`] when the usable set has no such kid;
     /// [`TokenError::IssuerKeysUnavailable`] when there is no set young enough to use.
     pub async fn key(&self, kid: &str) -> Result<PublicKey, TokenError> {
+        // A kid no JWKS member could have is refused before it can trigger a fetch.
+        if !kid_is_acceptable(kid) {
+            return Err(TokenError::BadKid);
+        }
         let now = self.now();
         // Fast path without waiting on anyone: a fresh set that knows the kid.
         if let Some(k) = self.cached(kid, now, Freshness::Fresh) {
@@ -231,7 +254,8 @@ impl JwksCache {
             return Ok(k);
         }
         let may_fetch = gate.last_attempt.is_none_or(|t| {
-            now.checked_sub(t).is_some_and(|d| d >= self.inner.config.min_refetch_interval_secs)
+            now.checked_sub(t)
+                .is_some_and(|d| d >= self.inner.config.min_refetch_interval_secs)
         });
         if may_fetch {
             gate.last_attempt = Some(now);
@@ -241,8 +265,15 @@ impl JwksCache {
                     for w in &warnings {
                         tracing::warn!(source = ?self.inner.source, warning = %w, "JWKS key dropped");
                     }
-                    let snap = Snapshot { keys: Arc::new(keys), fetched_at: self.now() };
-                    *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Some(snap);
+                    let snap = Snapshot {
+                        keys: Arc::new(keys),
+                        fetched_at: self.now(),
+                    };
+                    *self
+                        .inner
+                        .current
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(snap);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(source = ?self.inner.source, error = %e, "JWKS fetch failed");
@@ -305,7 +336,10 @@ impl JwksCache {
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|_| FetchError::BadUrl)?;
-        let response = client.request(request).await.map_err(|e| FetchError::Request(e.to_string()))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| FetchError::Request(e.to_string()))?;
         let status = response.status();
         if status.is_redirection() {
             return Err(FetchError::Redirect(status.as_u16()));
@@ -331,13 +365,33 @@ impl JwksCache {
             return Err(FetchError::BodyTooLarge { max });
         }
         // Limited stops reading at `max` and errors, so memory stays bounded whatever is declared.
-        let collected = Limited::new(response.into_body(), max).collect().await.map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                FetchError::BodyTooLarge { max }
-            } else {
-                FetchError::Body
-            }
-        })?;
+        let collected = Limited::new(response.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    FetchError::BodyTooLarge { max }
+                } else {
+                    FetchError::Body
+                }
+            })?;
         Ok(collected.to_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS client builds with the explicit aws-lc-rs provider and no process default, for
+    /// both the https-only and the loopback-http configuration.
+    #[test]
+    fn tls_client_builds_without_a_process_default_provider() {
+        assert!(build_client(false).is_some());
+        assert!(build_client(true).is_some());
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("application/jwk-set+json"));
+        assert!(!is_json_content_type("text/html"));
+        assert!(!is_json_content_type("text/json+json"));
     }
 }

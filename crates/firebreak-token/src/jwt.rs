@@ -24,7 +24,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_token_bytes: 16 * 1024, max_json_depth: 32 }
+        Limits {
+            max_token_bytes: 16 * 1024,
+            max_json_depth: 32,
+        }
     }
 }
 
@@ -135,7 +138,9 @@ impl CompactJws {
             2 => return Err(TokenError::JweNotSupported),
             _ => return Err(TokenError::Malformed),
         }
-        if h.is_empty() || p.is_empty() {
+        // RFC 7515 allows an empty payload (detached content); a JWT never has one, so
+        // `UnverifiedJwt::parse` refuses it before calling this.
+        if h.is_empty() {
             return Err(TokenError::Malformed);
         }
         let header_bytes = b64::decode(h).ok_or(TokenError::BadBase64(Segment::Header))?;
@@ -144,11 +149,18 @@ impl CompactJws {
         let payload = b64::decode(p).ok_or(TokenError::BadBase64(Segment::Payload))?;
         // An empty signature decodes to no bytes and fails verification by length.
         let signature = b64::decode(s).ok_or(TokenError::BadBase64(Segment::Signature))?;
-        let mut signing_input = Vec::with_capacity(h.len().saturating_add(p.len()).saturating_add(1));
+        let mut signing_input =
+            Vec::with_capacity(h.len().saturating_add(p.len()).saturating_add(1));
         signing_input.extend_from_slice(h.as_bytes());
         signing_input.push(b'.');
         signing_input.extend_from_slice(p.as_bytes());
-        Ok(CompactJws { header, alg, payload, signing_input, signature })
+        Ok(CompactJws {
+            header,
+            alg,
+            payload,
+            signing_input,
+            signature,
+        })
     }
 
     /// Checks the signature with `key`, whose algorithm must be allowed and equal the header's.
@@ -194,6 +206,11 @@ impl UnverifiedJwt {
     /// `UnencodedPayloadRefused`, `NestedJwtRefused`, `HeaderMemberType`, `BadKid`).
     pub fn parse(token: &str, limits: &Limits) -> Result<Self, TokenError> {
         let jws = CompactJws::parse(token, limits)?;
+        // A JWT's payload is a JSON object, so an empty payload segment (the only way to decode to
+        // no bytes) is structural garbage rather than bad JSON.
+        if jws.payload.is_empty() {
+            return Err(TokenError::Malformed);
+        }
         let claims = json::parse_object(&jws.payload, limits.max_json_depth, Segment::Payload)?;
         Ok(UnverifiedJwt { jws, claims })
     }

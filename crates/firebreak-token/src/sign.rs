@@ -54,10 +54,12 @@ impl SigningKey {
                 .map_err(|_| TokenError::SigningFailed)?
                 .as_ref()
                 .to_vec(),
-            Algorithm::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| TokenError::SigningFailed)?
-                .as_ref()
-                .to_vec(),
+            Algorithm::Es256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| TokenError::SigningFailed)?
+                    .as_ref()
+                    .to_vec()
+            }
             Algorithm::Rs256 => return Err(TokenError::UnsupportedSigningAlgorithm),
         };
         // `load` names the key by its thumbprint.
@@ -86,7 +88,8 @@ impl SigningKey {
     fn load(alg: Algorithm, der: Vec<u8>) -> Result<Self, TokenError> {
         let (signer, public_bytes) = match alg {
             Algorithm::EdDsa => {
-                let kp = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| TokenError::PrivateKeyRejected)?;
+                let kp =
+                    Ed25519KeyPair::from_pkcs8(&der).map_err(|_| TokenError::PrivateKeyRejected)?;
                 let pk = kp.public_key().as_ref().to_vec();
                 (Signer::Ed25519(kp), pk)
             }
@@ -173,11 +176,14 @@ pub fn sha256_b64url(data: &[u8]) -> String {
 
 /// Lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    digest(&SHA256, data).as_ref().iter().fold(String::with_capacity(64), |mut s, b| {
-        s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        s.push(char::from_digit(u32::from(b & 0x0f), 16).unwrap_or('0'));
-        s
-    })
+    digest(&SHA256, data)
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            s.push(char::from_digit(u32::from(b & 0x0f), 16).unwrap_or('0'));
+            s
+        })
 }
 
 /// `nbytes` random bytes from the system CSPRNG, base64url encoded (for `jti`s, nonces, ids).
@@ -193,6 +199,8 @@ pub fn random_b64url(nbytes: usize) -> String {
 /// [`TokenError::SigningFailed`] when the system generator fails.
 pub fn try_random_b64url(nbytes: usize) -> Result<String, TokenError> {
     let mut buf = vec![0u8; nbytes];
-    SystemRandom::new().fill(&mut buf).map_err(|_| TokenError::SigningFailed)?;
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| TokenError::SigningFailed)?;
     Ok(b64::encode(&buf))
 }

@@ -1,3 +1,32 @@
-//! placeholder
+//! `firebreak`: the one binary. Commands are thin: they parse arguments, load config or reach a
+//! broker, and print data on stdout (human text, or JSON with `-o json`) and logs on stderr.
+//! Exit codes (DESIGN.md §2): 0 ok, 1 failure, 2 usage, 78 config error.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod cli;
+mod client;
+mod commands;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    commands::init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("firebreak: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firebreak: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

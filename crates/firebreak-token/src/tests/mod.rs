@@ -2,6 +2,7 @@
 //! loops (T23), the JWKS cache against a loopback issuer (T07, F6) and property tests (Z1).
 
 mod cache;
+mod interop;
 mod props;
 mod security;
 mod wycheproof;
@@ -72,9 +73,15 @@ pub(crate) fn sign_text(key: &SigningKey, header: &[u8], payload: &[u8]) -> Stri
 
 /// The standard header text for `key`.
 pub(crate) fn header_text(key: &SigningKey) -> String {
-    format!(r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#, key.alg().as_str(), key.kid())
+    format!(
+        r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
+        key.alg().as_str(),
+        key.kid()
+    )
 }
 
 pub(crate) fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
 }

@@ -1,0 +1,235 @@
+//! Command-line arguments. The doc comments are the `--help` text: written for a person at a
+//! terminal, kept in step with the README and DESIGN.md §2.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Zero-trust identity for AI agents and CI runners.
+///
+/// Firebreak exchanges an OIDC token from a trusted issuer (GitHub Actions, GitLab, Kubernetes,
+/// any OIDC provider) for a short-lived, single-audience token bound to one registered agent,
+/// one target, one tenant and one environment, inside a recorded session.
+///
+/// Data goes to stdout (`-o json` for machines), logs to stderr (`RUST_LOG`, `--log-format`).
+/// Exit codes: 0 ok, 1 failure, 2 usage error, 78 configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "firebreak", version, max_term_width = 100)]
+pub struct Cli {
+    /// Output format for data on stdout.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Text for people.
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the config is: `--config`, else `FIREBREAK_CONFIG`, else `./firebreak.toml`.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+    pub config: PathBuf,
+}
+
+/// How to reach a running broker.
+#[derive(Debug, Args, Clone)]
+pub struct BrokerArgs {
+    /// Broker URL (default: the config's server.public_url).
+    #[arg(long, env = "FIREBREAK_URL")]
+    pub broker: Option<String>,
+    /// Bearer credential (else FIREBREAK_TOKEN, FIREBREAK_ADMIN_TOKEN, then <data_dir>/admin.token).
+    #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Config file, used for the default URL and the admin token's location.
+    #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+    pub config: PathBuf,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole flow locally in under a minute: a demo issuer, the broker on embedded
+    /// SQLite in a temp dir, and a narrated exchange, inspection, refusal and revocation.
+    ///
+    /// Example: `firebreak demo`. Narration on stdout; exit 1 if any step does not behave as
+    /// the narration says.
+    Demo {
+        /// Leave the demo running and print its URLs (Ctrl-C stops it).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the broker.
+    ///
+    /// Example: `firebreak serve --config /etc/firebreak/firebreak.toml`. Exits 78 when the
+    /// config is refused (the message names the file, line and rule). SIGTERM or Ctrl-C stops
+    /// it gracefully.
+    Serve(ConfigArg),
+    /// Validate a config without starting anything: issuers, agents, targets, clients and the
+    /// trust-rule checks (wildcards, audience-only rules, ambiguous agents, TTL caps).
+    ///
+    /// Example: `firebreak check --config firebreak.toml`. Prints a summary; warnings to stderr;
+    /// exit 0 when valid, 78 when not.
+    Check(ConfigArg),
+    /// Token helpers.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The agent inventory.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Sessions and their lineage.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `firebreak token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Exchange a subject token for a Firebreak access token (RFC 8693) at a broker.
+    ///
+    /// Example: `firebreak token exchange --subject-token "$ACTIONS_ID_TOKEN" --audience
+    /// https://gw.acme.example/mcp/github --scope repo:read`. Prints the token response; exit 1
+    /// with the OAuth error when refused.
+    Exchange {
+        /// The subject token (or `-` to read it from stdin).
+        #[arg(long)]
+        subject_token: String,
+        /// Its type.
+        #[arg(long, value_enum, default_value_t = TokenKind::Jwt)]
+        subject_token_type: TokenKind,
+        /// The target audience.
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        /// An actor token (delegation).
+        #[arg(long)]
+        actor_token: Option<String>,
+        /// The actor token's type.
+        #[arg(long, value_enum, default_value_t = TokenKind::Jwt)]
+        actor_token_type: TokenKind,
+        /// Broker URL (default: the config's server.public_url).
+        #[arg(long, env = "FIREBREAK_URL")]
+        broker: Option<String>,
+        /// Config file, for the default broker URL.
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+    /// Decode a JWT and explain it: header, claims, times; verifies the signature against the
+    /// broker's JWKS when a broker is reachable, and says whether it did.
+    ///
+    /// Example: `firebreak token inspect "$TOKEN"`. Exit 1 when verification was attempted and
+    /// failed.
+    Inspect {
+        /// The token (or `-` for stdin).
+        jwt: String,
+        /// Broker URL whose /jwks.json to verify against.
+        #[arg(long, env = "FIREBREAK_URL")]
+        broker: Option<String>,
+    },
+}
+
+/// Token types on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenKind {
+    /// An issuer JWT.
+    Jwt,
+    /// An OIDC ID token.
+    IdToken,
+    /// A Firebreak access token (child session).
+    AccessToken,
+}
+
+impl TokenKind {
+    /// The RFC 8693 URN.
+    pub fn urn(self) -> &'static str {
+        match self {
+            Self::Jwt => "urn:ietf:params:oauth:token-type:jwt",
+            Self::IdToken => "urn:ietf:params:oauth:token-type:id_token",
+            Self::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+        }
+    }
+}
+
+/// `firebreak agent …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List agents: id, owner, purpose, expiry, last use (admin).
+    List(BrokerArgs),
+    /// Show one agent with its identity binding and grants (admin).
+    Show {
+        /// Agent id.
+        id: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+/// `firebreak session …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions, newest first (admin).
+    List {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Show a session with its ancestors and descendants (admin).
+    Show {
+        /// Session id.
+        id: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Revoke a session and every descendant (admin).
+    Revoke {
+        /// Session id.
+        id: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+/// `firebreak keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List signing keys and their states (next, active, retiring, retired) (admin).
+    List(BrokerArgs),
+    /// Rotate: the published `next` key starts signing, the active key is kept published until
+    /// every token it signed has expired, and a new `next` is published (admin). Refused while
+    /// `next` has been published for less than the JWKS cache lifetime (60 s) unless --force.
+    Rotate {
+        /// Rotate even if the next key was published only just now.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}

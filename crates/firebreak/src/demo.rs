@@ -1,0 +1,312 @@
+//! `firebreak demo`: the whole flow on one machine, narrated. A demo OIDC issuer (standing in for
+//! GitHub Actions) and the broker run on ephemeral loopback ports with embedded SQLite in a temp
+//! dir. Each step checks that the broker behaved as the narration says and fails the demo
+//! otherwise, so the demo doubles as an end-to-end smoke test.
+//!
+//! The demo issuer lives here, binds loopback only and is unreachable from `serve`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use firebreak_core::{Clock, SystemClock, civil_from_days};
+use firebreak_server::form::encode_pairs;
+use firebreak_server::{Broker, Config};
+use firebreak_token::{Algorithm, SigningKey, random_b64url, sha256_hex};
+use serde_json::{Value, json};
+
+use crate::cli::Output;
+use crate::client::{Client, Reply};
+use crate::commands::{CliError, open_store};
+
+const TOOL_AUDIENCE: &str = "https://gw.acme.example/mcp/github";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+fn fail(step: &str, what: impl std::fmt::Display) -> CliError {
+    CliError::Failed(format!("demo step '{step}' did not behave as expected: {what}"))
+}
+
+/// The demo's stand-in for GitHub's OIDC issuer.
+struct DemoIssuer {
+    url: String,
+    key: SigningKey,
+    clock: SystemClock,
+}
+
+impl DemoIssuer {
+    async fn start() -> Result<Self, CliError> {
+        let key = SigningKey::generate(Algorithm::Es256).map_err(|e| fail("start issuer", e))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("start issuer", e))?;
+        let url = format!("http://{}", listener.local_addr().map_err(|e| fail("start issuer", e))?);
+        let discovery = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks.json") });
+        let jwks = json!({ "keys": [key.public_key().to_jwk()] });
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(move || async move { axum::Json(discovery) }))
+            .route("/jwks.json", get(move || async move { axum::Json(jwks) }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, key, clock: SystemClock })
+    }
+
+    /// A GitHub Actions-style ID token for `acme/api` on `git_ref`.
+    fn mint(&self, audience: &str, git_ref: &str) -> Result<String, CliError> {
+        let now = self.clock.now().as_secs();
+        let claims = json!({
+            "iss": self.url,
+            "aud": audience,
+            "sub": format!("repo:acme/api:ref:{git_ref}"),
+            "repository": "acme/api",
+            "repository_id": "123456",
+            "repository_owner": "acme",
+            "ref": git_ref,
+            "environment": "production",
+            "event_name": "push",
+            "workflow_ref": format!("acme/api/.github/workflows/deploy.yml@{git_ref}"),
+            "job_workflow_ref": format!("acme/api/.github/workflows/deploy.yml@{git_ref}"),
+            "runner_environment": "github-hosted",
+            "jti": random_b64url(16),
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+        });
+        self.key.sign_jwt("JWT", &claims).map_err(|e| fail("mint", e))
+    }
+}
+
+fn date_in_days(days: i64) -> String {
+    let today = SystemClock.now().as_secs().div_euclid(86_400);
+    let (y, m, d) = civil_from_days(today + days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn demo_config(broker: &str, listen: &str, issuer: &str, data_dir: &str, client_secret: &str) -> String {
+    format!(
+        r#"[server]
+listen = "{listen}"
+public_url = "{broker}"
+data_dir = "{data_dir}"
+
+[[issuer]]
+id = "demo-github"
+url = "{issuer}"
+audience = "{broker}"
+profile = "github-actions"
+algorithms = ["ES256"]
+danger_allow_http = true      # the demo issuer is on loopback
+
+[[agent]]
+id = "deploy-bot"
+owner = "platform@acme.example"
+purpose = "deploy acme/api"
+expires = {expires}
+tenant = "acme"
+environment = "production"
+tier = "write"
+identity = {{ issuer = "demo-github", claims = {{ repository = "acme/api", repository_id = "123456", ref = "refs/heads/main", environment = "production" }}, events = ["push", "workflow_dispatch"] }}
+grants = [{{ target = "github-tools", scopes = ["repo:read", "repo:write"] }}]
+
+[[target]]
+id = "github-tools"
+audience = "{TOOL_AUDIENCE}"
+kind = "mcp"
+tenant = "acme"
+environment = "production"
+tier = "write"
+max_ttl = "10m"
+
+[[client]]
+id = "demo-gateway"
+secret_sha256 = "{secret_hash}"
+roles = ["introspect", "revoke"]
+audiences = ["{TOOL_AUDIENCE}"]
+"#,
+        expires = date_in_days(180),
+        secret_hash = sha256_hex(client_secret.as_bytes()),
+    )
+}
+
+struct Narrator {
+    out: Output,
+    steps: Vec<Value>,
+    n: usize,
+}
+
+impl Narrator {
+    fn step(&mut self, title: &str, text: &str) {
+        self.n += 1;
+        if self.out == Output::Human {
+            println!("\n{}. {title}", self.n);
+            for line in text.lines() {
+                println!("   {line}");
+            }
+        }
+        self.steps.push(json!({ "step": self.n, "title": title, "detail": text }));
+    }
+}
+
+async fn exchange(client: &Client, broker: &str, subject: &str, audience: &str, scope: Option<&str>) -> Result<Reply, CliError> {
+    let mut pairs = vec![("grant_type", EXCHANGE), ("subject_token", subject), ("subject_token_type", JWT_TYPE), ("audience", audience)];
+    if let Some(s) = scope {
+        pairs.push(("scope", s));
+    }
+    client.post_form(&format!("{broker}/oauth2/token"), &[], encode_pairs(pairs)).await.map_err(|e| fail("exchange", e))
+}
+
+fn basic(id: &str, secret: &str) -> (&'static str, String) {
+    use base64::Engine as _;
+    ("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))))
+}
+
+/// Runs the demo.
+pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
+    let started = firebreak_core::clock::Stopwatch::start();
+    let dir = tempfile::tempdir().map_err(|e| fail("temp dir", e))?;
+    let issuer = DemoIssuer::start().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("bind broker", e))?;
+    let addr = listener.local_addr().map_err(|e| fail("bind broker", e))?;
+    let broker_url = format!("http://{addr}");
+    let client_secret = random_b64url(24);
+    let data_dir = dir.path().join("data");
+    let config_path = dir.path().join("firebreak.toml");
+    let config_text = demo_config(&broker_url, &addr.to_string(), &issuer.url, &data_dir.display().to_string(), &client_secret);
+    std::fs::write(&config_path, &config_text).map_err(|e| fail("write config", e))?;
+    let cfg = Config::load(&config_path)?;
+    let store = open_store(&cfg)?;
+    let broker = Broker::new(cfg, store, Arc::new(SystemClock)).await.map_err(|e| fail("start broker", e))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(firebreak_server::serve(broker, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::new().map_err(|e| fail("client", e))?;
+    let mut n = Narrator { out, steps: Vec::new(), n: 0 };
+    if out == Output::Human {
+        println!("Firebreak demo: broker {broker_url}, demo OIDC issuer {}, SQLite in {}", issuer.url, dir.path().display());
+        println!("(the config it wrote: {})", config_path.display());
+    }
+
+    // 1. Federate: the CI runner's proof of identity.
+    let oidc = issuer.mint(&broker_url, "refs/heads/main")?;
+    n.step(
+        "Federate: a CI job on acme/api@main gets an OIDC token from its issuer",
+        "claims: repository=acme/api ref=refs/heads/main environment=production event_name=push\n\
+         agent deploy-bot is bound to exactly these claims (no wildcards, no audience-only rule)",
+    );
+
+    // 2. Exchange.
+    let r = exchange(&client, &broker_url, &oidc, TOOL_AUDIENCE, Some("repo:read")).await?;
+    if r.status != 200 {
+        return Err(fail("exchange", format!("status {} {}", r.status, r.json())));
+    }
+    let v = r.json();
+    let access = v["access_token"].as_str().unwrap_or_default().to_owned();
+    n.step(
+        "Exchange (RFC 8693): OIDC token → short-lived token for one tool",
+        &format!(
+            "POST /oauth2/token audience={TOOL_AUDIENCE} scope=repo:read\n→ 200 token_type={} expires_in={}s scope={}",
+            v["token_type"].as_str().unwrap_or(""),
+            v["expires_in"],
+            v["scope"].as_str().unwrap_or("")
+        ),
+    );
+
+    // 3. Inspect.
+    if out == Output::Human {
+        println!("\n{}. Inspect the issued token (signature checked against {broker_url}/jwks.json)", n.n + 1);
+    }
+    crate::commands::inspect(&access, Some(&broker_url), if out == Output::Human { Output::Human } else { Output::Json })
+        .await
+        .map_err(|e| fail("inspect", e))?;
+    n.step("Inspected", "one audience, one tenant (acme), one environment (production), 5-minute lifetime");
+
+    // 4. Replay refused.
+    let r = exchange(&client, &broker_url, &oidc, TOOL_AUDIENCE, Some("repo:read")).await?;
+    let e = r.json();
+    if r.status != 400 || e["error"] != "invalid_request" || e["error_description"] != "replay" {
+        return Err(fail("replay", format!("{} {e}", r.status)));
+    }
+    n.step("Replay: the same OIDC token again", &format!("→ {} {e}", r.status.as_u16()));
+
+    // 5. Wrong branch refused.
+    let wrong = issuer.mint(&broker_url, "refs/heads/feature")?;
+    let r = exchange(&client, &broker_url, &wrong, TOOL_AUDIENCE, None).await?;
+    let e = r.json();
+    if r.status != 400 || e["error_description"] != "trust_rule_mismatch" {
+        return Err(fail("wrong branch", format!("{} {e}", r.status)));
+    }
+    n.step(
+        "Wrong branch (drill): a job on refs/heads/feature asks for the same tool",
+        &format!("→ {} {e}\n(the failing claim, ref, is in the broker log; the client only gets the code)", r.status.as_u16()),
+    );
+
+    // 6. Scope escalation refused.
+    let oidc2 = issuer.mint(&broker_url, "refs/heads/main")?;
+    let r = exchange(&client, &broker_url, &oidc2, TOOL_AUDIENCE, Some("repo:admin")).await?;
+    let e = r.json();
+    if r.status != 400 || e["error"] != "invalid_scope" {
+        return Err(fail("scope", format!("{} {e}", r.status)));
+    }
+    n.step("Scope escalation: asking for repo:admin, which is not granted", &format!("→ {} {e}", r.status.as_u16()));
+
+    // 7. Introspection by the gateway (a registered client).
+    let auth = basic("demo-gateway", &client_secret);
+    let introspect = |token: String| {
+        let client = client.clone();
+        let url = format!("{broker_url}/oauth2/introspect");
+        let auth = auth.clone();
+        async move { client.post_form(&url, &[auth], encode_pairs([("token", token.as_str())])).await }
+    };
+    let r = introspect(access.clone()).await.map_err(|e| fail("introspect", e))?;
+    let iv = r.json();
+    if iv["active"] != true {
+        return Err(fail("introspect", iv));
+    }
+    n.step(
+        "Introspect (RFC 7662) as the gateway client demo-gateway",
+        &format!("→ active=true sub={} sid={} scope={}", iv["sub"], iv["sid"], iv["scope"]),
+    );
+
+    // 8. Revoke: the agent revokes its own token with a token for the broker itself.
+    let oidc3 = issuer.mint(&broker_url, "refs/heads/main")?;
+    let r = exchange(&client, &broker_url, &oidc3, &broker_url, None).await?;
+    let self_token = r.json()["access_token"].as_str().unwrap_or_default().to_owned();
+    let r = client
+        .post_form(
+            &format!("{broker_url}/oauth2/revoke"),
+            &[("authorization", format!("Bearer {self_token}"))],
+            encode_pairs([("token", access.as_str())]),
+        )
+        .await
+        .map_err(|e| fail("revoke", e))?;
+    if r.status != 200 {
+        return Err(fail("revoke", format!("{} {}", r.status, r.json())));
+    }
+    n.step("Revoke (RFC 7009): the agent revokes its own token", "POST /oauth2/revoke → 200 (the session and any child sessions are revoked)");
+
+    // 9. Introspection now says inactive.
+    let r = introspect(access.clone()).await.map_err(|e| fail("introspect after revoke", e))?;
+    let iv = r.json();
+    if iv != json!({ "active": false }) {
+        return Err(fail("introspect after revoke", iv));
+    }
+    n.step("Introspect again", &format!("→ {iv}: revoked tokens, unknown tokens and expired tokens all look the same"));
+
+    let secs = started.elapsed_secs();
+    match out {
+        Output::Human => {
+            let mut s = String::new();
+            let _ = write!(s, "\nDemo finished in {secs:.1}s: every step behaved as described.");
+            println!("{s}");
+        }
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "ok": true, "seconds": secs, "steps": n.steps })).unwrap_or_default()),
+    }
+    if keep {
+        println!("\nStill running (Ctrl-C to stop):\n  broker  {broker_url}\n  issuer  {}\n  config  {}", issuer.url, config_path.display());
+        crate::commands::shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
