@@ -38,12 +38,15 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: UnixTime) -> Self {
-        Self { millis: Arc::new(AtomicI64::new(start.as_millis())) }
+        Self {
+            millis: Arc::new(AtomicI64::new(start.as_millis())),
+        }
     }
 
     /// Moves the clock forward (or back, with a negative value) by `seconds`.
     pub fn advance_secs(&self, seconds: i64) {
-        self.millis.fetch_add(seconds.saturating_mul(1000), Ordering::SeqCst);
+        self.millis
+            .fetch_add(seconds.saturating_mul(1000), Ordering::SeqCst);
     }
 
     /// Sets the clock to `t`.

@@ -33,7 +33,9 @@ pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
             return Err(bad());
         }
         let (num, tail) = rest.split_at(digits);
-        let n: u64 = num.parse().map_err(|_| DurationError::TooLarge(s.to_owned()))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| DurationError::TooLarge(s.to_owned()))?;
         let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
         let (unit, tail) = tail.split_at(unit_len);
         let mult: u64 = match unit {
@@ -44,8 +46,12 @@ pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
             "d" => 86_400_000,
             _ => return Err(bad()),
         };
-        let part = n.checked_mul(mult).ok_or_else(|| DurationError::TooLarge(s.to_owned()))?;
-        total = total.checked_add(part).ok_or_else(|| DurationError::TooLarge(s.to_owned()))?;
+        let part = n
+            .checked_mul(mult)
+            .ok_or_else(|| DurationError::TooLarge(s.to_owned()))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| DurationError::TooLarge(s.to_owned()))?;
         rest = tail;
     }
     // Ten years is far beyond any TTL, lease or deadline; anything more is a typo.
@@ -125,10 +131,22 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(300_000));
         assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
         assert_eq!(parse_duration("250ms"), Ok(250));
-        assert!(matches!(parse_duration("5"), Err(DurationError::Malformed(_))));
-        assert!(matches!(parse_duration("5 m"), Err(DurationError::Malformed(_))));
-        assert!(matches!(parse_duration("m"), Err(DurationError::Malformed(_))));
-        assert!(matches!(parse_duration("99999999999999999999s"), Err(DurationError::TooLarge(_))));
+        assert!(matches!(
+            parse_duration("5"),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_duration("5 m"),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_duration("m"),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999999s"),
+            Err(DurationError::TooLarge(_))
+        ));
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
     }
 }

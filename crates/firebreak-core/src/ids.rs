@@ -26,7 +26,10 @@ fn check_id(s: &str, max: usize) -> Result<(), IdError> {
     if s.len() > max {
         return Err(IdError::TooLong(max));
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:@/+-".contains(&b) || b == b'_') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:@/+-".contains(&b) || b == b'_')
+    {
         return Err(IdError::BadCharacter);
     }
     Ok(())
@@ -118,6 +121,9 @@ mod tests {
         assert!(AgentId::try_from("deploy-bot").is_ok());
         assert_eq!(AgentId::try_from(""), Err(IdError::Empty));
         assert_eq!(AgentId::try_from("a b"), Err(IdError::BadCharacter));
-        assert_eq!(AgentId::try_from("x".repeat(129)), Err(IdError::TooLong(128)));
+        assert_eq!(
+            AgentId::try_from("x".repeat(129)),
+            Err(IdError::TooLong(128))
+        );
     }
 }

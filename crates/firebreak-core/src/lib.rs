@@ -10,7 +10,7 @@ pub mod reason;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use duration::{parse_duration, ConfigDuration, DurationError};
+pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use ids::{AgentId, IdError, Jti, SessionId, TargetId};
 pub use reason::Reason;
 pub use time::{UnixTime, civil_from_days, days_from_civil, format_rfc3339_millis, parse_date};

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn rfc3339_known_instant() {
-        assert_eq!(format_rfc3339_millis(UnixTime::from_millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_millis(UnixTime::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert_eq!(
             format_rfc3339_millis(UnixTime::from_millis(1_796_107_012_345)),
             "2026-12-01T06:36:52.345Z"
@@ -106,6 +109,9 @@ mod tests {
         assert_eq!(parse_date("1970-01-02"), Some(UnixTime::from_secs(86_400)));
         assert_eq!(parse_date("2027-02-30"), None);
         assert_eq!(parse_date("2027-2-3"), None);
-        assert_eq!(parse_date("2024-02-29").map(|t| t.as_secs() % 86_400), Some(0));
+        assert_eq!(
+            parse_date("2024-02-29").map(|t| t.as_secs() % 86_400),
+            Some(0)
+        );
     }
 }

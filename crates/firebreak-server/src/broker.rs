@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use base64::Engine as _;
 use firebreak_core::{AgentId, Clock, Jti, SessionId, UnixTime};
 use firebreak_store::{KeyState, Store, TokenStatus};
@@ -90,8 +90,11 @@ pub fn admin_token(data_dir: &Path) -> Result<String, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = opts
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, token.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(token)
 }
 
@@ -100,10 +103,19 @@ impl Broker {
     ///
     /// # Errors
     /// A [`StartError`] when keys or the data directory cannot be set up.
-    pub async fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StartError> {
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, StartError> {
         let config = Arc::new(config);
         let admin = admin_token(&config.server.data_dir).map_err(StartError::DataDir)?;
-        let kek = config.store.key_encryption_key_file.as_deref().map(Kek::load).transpose()?;
+        let kek = config
+            .store
+            .key_encryption_key_file
+            .as_deref()
+            .map(Kek::load)
+            .transpose()?;
         let now = clock.now();
         if store.keys().await?.is_empty() {
             let alg = config.server.signing_alg;
@@ -122,10 +134,23 @@ impl Broker {
             .map(|i| {
                 let source = match &i.jwks_uri {
                     Some(u) => JwksSource::Uri(u.clone()),
-                    None => JwksSource::Discovery { issuer_url: i.url.clone() },
+                    None => JwksSource::Discovery {
+                        issuer_url: i.url.clone(),
+                    },
                 };
-                let cache = JwksCache::new(source, i.danger_allow_http, JwksCacheConfig::default(), Arc::clone(&clock));
-                (i.url.clone(), TrustedIssuer { config: i.clone(), keys: cache })
+                let cache = JwksCache::new(
+                    source,
+                    i.danger_allow_http,
+                    JwksCacheConfig::default(),
+                    Arc::clone(&clock),
+                );
+                (
+                    i.url.clone(),
+                    TrustedIssuer {
+                        config: i.clone(),
+                        keys: cache,
+                    },
+                )
             })
             .collect::<HashMap<_, _>>();
         let decider: Box<dyn Decider> = Box::new(AllowList::new(&config));
@@ -153,7 +178,12 @@ impl Broker {
 
     /// The current key ring.
     pub fn keys(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The checked config.
@@ -164,7 +194,10 @@ impl Broker {
     async fn reload_keys(&self) -> Result<(), BrokerError> {
         let ring = KeyRing::from_rows(self.store.keys().await?, self.kek.as_ref())
             .map_err(|e| BrokerError::Signing(e.to_string()))?;
-        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring);
         Ok(())
     }
 
@@ -177,12 +210,19 @@ impl Broker {
     pub async fn rotate_keys(&self, force: bool) -> Result<(), BrokerError> {
         let now = self.clock.now();
         let ring = self.keys();
-        let next = ring.next_row().ok_or(BrokerError::Conflict("no next key"))?;
+        let next = ring
+            .next_row()
+            .ok_or(BrokerError::Conflict("no next key"))?;
         if !force && next.created_at.plus_secs(JWKS_MAX_AGE_SECS) > now {
             return Err(BrokerError::Conflict("next key published too recently"));
         }
-        let new = new_key_row(self.config.server.signing_alg, KeyState::Next, self.kek.as_ref(), now)
-            .map_err(|e| BrokerError::Signing(e.to_string()))?;
+        let new = new_key_row(
+            self.config.server.signing_alg,
+            KeyState::Next,
+            self.kek.as_ref(),
+            now,
+        )
+        .map_err(|e| BrokerError::Signing(e.to_string()))?;
         let ttl = i64::try_from(self.config.limits.max_ttl.as_secs()).unwrap_or(i64::MAX);
         let leeway = i64::try_from(self.config.limits.leeway.as_secs()).unwrap_or(60);
         let retire_after = now.plus_secs(ttl.saturating_add(leeway));
@@ -203,24 +243,33 @@ impl Broker {
     }
 
     fn is_admin(&self, headers: &HeaderMap) -> bool {
-        bearer(headers)
-            .is_some_and(|t| verify_slices_are_equal(&sha256(t.as_bytes()), &self.admin_token_sha256).is_ok())
+        bearer(headers).is_some_and(|t| {
+            verify_slices_are_equal(&sha256(t.as_bytes()), &self.admin_token_sha256).is_ok()
+        })
     }
 
     /// Client authentication (RFC 6749 §2.3.1): HTTP Basic, or `client_id`/`client_secret` in
     /// the form, never both. `Ok(None)`: no client credentials were presented.
-    fn client(&self, headers: &HeaderMap, form: &Form) -> Result<Option<&crate::config::Client>, BrokerError> {
+    fn client(
+        &self,
+        headers: &HeaderMap,
+        form: &Form,
+    ) -> Result<Option<&crate::config::Client>, BrokerError> {
         let basic = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Basic "));
-        let (id, secret, is_basic) = match (basic, form.get("client_id"), form.get("client_secret")) {
+        let (id, secret, is_basic) = match (basic, form.get("client_id"), form.get("client_secret"))
+        {
             (Some(b), None, None) => {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(b.trim())
                     .map_err(|_| BrokerError::ClientAuth { basic: true })?;
-                let raw = String::from_utf8(raw).map_err(|_| BrokerError::ClientAuth { basic: true })?;
-                let (id, secret) = raw.split_once(':').ok_or(BrokerError::ClientAuth { basic: true })?;
+                let raw =
+                    String::from_utf8(raw).map_err(|_| BrokerError::ClientAuth { basic: true })?;
+                let (id, secret) = raw
+                    .split_once(':')
+                    .ok_or(BrokerError::ClientAuth { basic: true })?;
                 // RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
                 let dec = |s: &str| {
                     Form::parse(format!("v={s}").as_bytes(), &[])
@@ -244,7 +293,9 @@ impl Broker {
                 found = Some(c);
             }
         }
-        found.map(Some).ok_or(BrokerError::ClientAuth { basic: is_basic })
+        found
+            .map(Some)
+            .ok_or(BrokerError::ClientAuth { basic: is_basic })
     }
 
     /// `POST /oauth2/introspect` (RFC 7662).
@@ -266,7 +317,9 @@ impl Broker {
         let own = match self.verifier.own(token, None, &self.keys()).await {
             Ok(o) => o,
             Err(crate::error::SubjectError::StoreUnavailable) => {
-                return Err(BrokerError::Store(firebreak_store::StoreError::Database("introspect".into())));
+                return Err(BrokerError::Store(firebreak_store::StoreError::Database(
+                    "introspect".into(),
+                )));
             }
             Err(_) => return Ok(inactive),
         };
@@ -314,22 +367,34 @@ impl Broker {
             Ok(jwt) => {
                 let kid = jwt.header().kid.clone().unwrap_or_default();
                 match keys.verifier(&kid) {
-                    Some(key) if firebreak_token::verify_signature(&jwt, key, &[key.alg()]).is_ok() => {
-                        jwt.claims().get("jti").and_then(Value::as_str).map(str::to_owned)
+                    Some(key)
+                        if firebreak_token::verify_signature(&jwt, key, &[key.alg()]).is_ok() =>
+                    {
+                        jwt.claims()
+                            .get("jti")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
                     }
                     _ => None,
                 }
             }
             Err(_) => None,
         };
-        let Some(jti) = jti.and_then(|j| Jti::try_from(j).ok()) else { return Ok(()) };
-        let Some((row, _)) = self.store.token(&jti).await? else { return Ok(()) };
+        let Some(jti) = jti.and_then(|j| Jti::try_from(j).ok()) else {
+            return Ok(());
+        };
+        let Some((row, _)) = self.store.token(&jti).await? else {
+            return Ok(());
+        };
         if let Caller::Agent(a) = &caller {
             if *a != row.agent {
                 return Err(BrokerError::NotOwner);
             }
         }
-        let revoked = self.store.revoke_session_tree(&row.session, self.clock.now()).await?;
+        let revoked = self
+            .store
+            .revoke_session_tree(&row.session, self.clock.now())
+            .await?;
         tracing::info!(jti = %jti, sessions = revoked.len(), "token revoked");
         Ok(())
     }
@@ -348,7 +413,10 @@ fn is_form(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 /// Reads a form body within [`MAX_BODY`]: 413 past it, 400 for another media type.
@@ -360,7 +428,9 @@ async fn form_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BrokerError
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(BrokerError::BodyTooLarge);
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| BrokerError::BodyTooLarge)?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| BrokerError::BodyTooLarge)?;
     if !is_form(headers) {
         return Err(BrokerError::NotForm);
     }
@@ -382,14 +452,23 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
     };
     let mut trace = ExchangeTrace::default();
     // Client authentication is optional for RFC 8693, but presented credentials must be valid.
-    let client_check = Form::parse(&body, &["audience", "resource"]).map_err(BrokerError::from).and_then(|f| b.client(&headers, &f).map(|_| ()));
+    let client_check = Form::parse(&body, &["audience", "resource"])
+        .map_err(BrokerError::from)
+        .and_then(|f| b.client(&headers, &f).map(|_| ()));
     let result = match client_check {
         Ok(()) => b.exchange(&body, &mut trace).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(r) => {
-            tracing::info!(request_id, agent = trace.agent, target = trace.target, jti = trace.jti, session = trace.session, "exchange issued");
+            tracing::info!(
+                request_id,
+                agent = trace.agent,
+                target = trace.target,
+                jti = trace.jti,
+                session = trace.session,
+                "exchange issued"
+            );
             no_store(axum::Json(r).into_response())
         }
         Err(e) => {
@@ -399,7 +478,11 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
     }
 }
 
-async fn introspect_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
+async fn introspect_handler(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = match form_body(&headers, body).await {
         Ok(body) => b.introspect(&headers, &body).await,
         Err(e) => Err(e),
@@ -445,15 +528,25 @@ async fn discovery(State(b): State<Arc<Broker>>) -> Response {
         "scopes_supported": [],
     });
     let mut r = axum::Json(doc).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     r
 }
 
 async fn jwks(State(b): State<Arc<Broker>>) -> Response {
     let mut r = axum::Json(b.keys().jwks()).into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}")).unwrap_or(HeaderValue::from_static("no-cache")));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}"))
+            .unwrap_or(HeaderValue::from_static("no-cache")),
+    );
     r
 }
 
@@ -471,7 +564,10 @@ async fn readyz(State(b): State<Arc<Broker>>) -> Response {
 
 async fn metrics(State(b): State<Arc<Broker>>) -> Response {
     let mut r = b.metrics.render().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }
 
@@ -526,20 +622,38 @@ async fn list_agents(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Respon
     admin_response(r)
 }
 
-async fn show_agent(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn show_agent(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
-        let a = b.config.agents.iter().find(|a| a.id.as_str() == id).ok_or(BrokerError::NotFound)?;
+        let a = b
+            .config
+            .agents
+            .iter()
+            .find(|a| a.id.as_str() == id)
+            .ok_or(BrokerError::NotFound)?;
         agent_json(&b, a).await
     }
     .await;
     admin_response(r)
 }
 
-async fn revoke_agent(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn revoke_agent(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
-        let a = b.config.agents.iter().find(|a| a.id.as_str() == id).ok_or(BrokerError::NotFound)?;
+        let a = b
+            .config
+            .agents
+            .iter()
+            .find(|a| a.id.as_str() == id)
+            .ok_or(BrokerError::NotFound)?;
         let sessions = b.store.revoke_agent(&a.id, b.clock.now()).await?;
         tracing::info!(agent = %a.id, sessions = sessions.len(), "agent revoked");
         Ok(json!({ "agent": a.id.as_str(), "revoked_sessions": sessions }))
@@ -578,11 +692,22 @@ struct SessionQuery {
     limit: Option<u32>,
 }
 
-async fn list_sessions(State(b): State<Arc<Broker>>, headers: HeaderMap, Query(q): Query<SessionQuery>) -> Response {
+async fn list_sessions(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
-        let agent = q.agent.map(AgentId::try_from).transpose().map_err(|_| BrokerError::BadRequest("agent"))?;
-        let rows = b.store.sessions(agent.as_ref(), q.limit.unwrap_or(100).min(1000)).await?;
+        let agent = q
+            .agent
+            .map(AgentId::try_from)
+            .transpose()
+            .map_err(|_| BrokerError::BadRequest("agent"))?;
+        let rows = b
+            .store
+            .sessions(agent.as_ref(), q.limit.unwrap_or(100).min(1000))
+            .await?;
         let now = b.clock.now();
         let mut out = Vec::new();
         for s in &rows {
@@ -596,7 +721,11 @@ async fn list_sessions(State(b): State<Arc<Broker>>, headers: HeaderMap, Query(q
 }
 
 /// A session with its lineage: ancestors up to the root, and the subtree below it.
-async fn show_session(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn show_session(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
         let id = SessionId::try_from(id).map_err(|_| BrokerError::NotFound)?;
@@ -605,7 +734,9 @@ async fn show_session(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(
         let mut ancestors = Vec::new();
         let mut cur = s.parent.clone();
         while let Some(p) = cur {
-            let Some(row) = b.store.session(&p).await? else { break };
+            let Some(row) = b.store.session(&p).await? else {
+                break;
+            };
             ancestors.push(row.id.to_string());
             cur = row.parent.clone();
         }
@@ -633,7 +764,11 @@ async fn show_session(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(
     admin_response(r)
 }
 
-async fn delete_session(State(b): State<Arc<Broker>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn delete_session(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
         let id = SessionId::try_from(id).map_err(|_| BrokerError::NotFound)?;
@@ -677,7 +812,11 @@ struct RotateQuery {
     force: bool,
 }
 
-async fn rotate_keys(State(b): State<Arc<Broker>>, headers: HeaderMap, Query(q): Query<RotateQuery>) -> Response {
+async fn rotate_keys(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<RotateQuery>,
+) -> Response {
     let r: Result<Value, BrokerError> = async {
         require_admin(&b, &headers).await?;
         b.rotate_keys(q.force).await?;
@@ -706,7 +845,10 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", get(show_agent).delete(revoke_agent))
         .route("/v1/sessions", get(list_sessions))
-        .route("/v1/sessions/{id}", get(show_session).delete(delete_session))
+        .route(
+            "/v1/sessions/{id}",
+            get(show_session).delete(delete_session),
+        )
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/healthz", get(healthz))

@@ -82,7 +82,9 @@ impl AllowList {
             }
         }
         let hash = sha256_hex(text.as_bytes());
-        Self { version: format!("allowlist-{}", hash.get(..16).unwrap_or(&hash)) }
+        Self {
+            version: format!("allowlist-{}", hash.get(..16).unwrap_or(&hash)),
+        }
     }
 }
 
@@ -106,7 +108,10 @@ impl Decider for AllowList {
                 req.to_vec()
             }
         };
-        Decision::Allow(Permit { scopes, policy_version: self.version.clone() })
+        Decision::Allow(Permit {
+            scopes,
+            policy_version: self.version.clone(),
+        })
     }
 
     fn policy_version(&self) -> &str {

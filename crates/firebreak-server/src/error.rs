@@ -252,12 +252,18 @@ impl BrokerError {
                 (StatusCode::BAD_REQUEST, "invalid_target")
             }
             E::Scope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
-            E::ClientAuth { .. } | E::Unauthenticated => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            E::ClientAuth { .. } | E::Unauthenticated => {
+                (StatusCode::UNAUTHORIZED, "invalid_client")
+            }
             E::Forbidden => (StatusCode::FORBIDDEN, "unauthorized_client"),
             E::NotOwner => (StatusCode::BAD_REQUEST, "invalid_grant"),
-            E::NotFound | E::BadRequest(_) | E::Conflict(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            E::NotFound | E::BadRequest(_) | E::Conflict(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
             // Our outage, not the caller's mistake (RFC 6749 §4.1.2.1's code).
-            E::Store(_) | E::Signing(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            E::Store(_) | E::Signing(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
         }
     }
 
@@ -265,7 +271,9 @@ impl BrokerError {
     pub fn problem(&self) -> (StatusCode, &'static str) {
         use BrokerError as E;
         match self {
-            E::Unauthenticated | E::ClientAuth { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            E::Unauthenticated | E::ClientAuth { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
             E::Forbidden | E::NotOwner => (StatusCode::FORBIDDEN, "forbidden"),
             E::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -295,7 +303,9 @@ impl BrokerError {
     /// caller's mistake, and answers 503.
     pub fn subject(e: SubjectError) -> Self {
         match e {
-            SubjectError::StoreUnavailable => Self::Store(StoreError::Database("revocation check".into())),
+            SubjectError::StoreUnavailable => {
+                Self::Store(StoreError::Database("revocation check".into()))
+            }
             other => Self::Subject(other),
         }
     }
@@ -303,7 +313,9 @@ impl BrokerError {
     /// A refused actor token (same rule as [`BrokerError::subject`]).
     pub fn actor(e: SubjectError) -> Self {
         match e {
-            SubjectError::StoreUnavailable => Self::Store(StoreError::Database("revocation check".into())),
+            SubjectError::StoreUnavailable => {
+                Self::Store(StoreError::Database("revocation check".into()))
+            }
             other => Self::Actor(other),
         }
     }
@@ -327,14 +339,21 @@ pub struct OAuthError(pub BrokerError);
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let (status, code) = self.0.oauth();
-        let body = serde_json::json!({ "error": code, "error_description": self.0.reason().as_str() });
+        let body =
+            serde_json::json!({ "error": code, "error_description": self.0.reason().as_str() });
         let mut resp = (status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self.0, BrokerError::ClientAuth { basic: true }) {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"firebreak\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"firebreak\""),
+            );
         } else if matches!(self.0, BrokerError::Unauthenticated) {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"firebreak\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"firebreak\""),
+            );
         }
         if matches!(self.0, BrokerError::Store(_) | BrokerError::Signing(_)) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -356,11 +375,15 @@ impl IntoResponse for Problem {
             "detail": self.0.reason().as_str(),
         });
         let mut resp = (status, axum::Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"firebreak\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"firebreak\""),
+            );
         }
         resp
     }

@@ -2,8 +2,8 @@
 //! parse → verify the subject and match one agent → resolve the target → decide → bound the
 //! lifetime → record the session durably → sign. The order is the security argument.
 
-use firebreak_core::{Jti, SessionId};
 use firebreak_core::clock::Stopwatch;
+use firebreak_core::{Jti, SessionId};
 use firebreak_store::{NewExchange, SessionRow, StoreError, TokenRow};
 use firebreak_token::random_b64url;
 use serde::Serialize;
@@ -44,12 +44,20 @@ impl TokenRequest {
             Some(GRANT_TOKEN_EXCHANGE) => {}
             Some(_) => return Err(BrokerError::UnsupportedGrantType),
         }
-        let subject_token = form.get("subject_token").ok_or(BrokerError::Missing("subject_token"))?;
-        let subject_type = form.get("subject_token_type").ok_or(BrokerError::Missing("subject_token_type"))?;
-        let subject_type = TokenType::parse(subject_type).ok_or(BrokerError::UnsupportedTokenType)?;
+        let subject_token = form
+            .get("subject_token")
+            .ok_or(BrokerError::Missing("subject_token"))?;
+        let subject_type = form
+            .get("subject_token_type")
+            .ok_or(BrokerError::Missing("subject_token_type"))?;
+        let subject_type =
+            TokenType::parse(subject_type).ok_or(BrokerError::UnsupportedTokenType)?;
         let actor = match (form.get("actor_token"), form.get("actor_token_type")) {
             (None, None) => None,
-            (Some(t), Some(ty)) => Some((t.to_owned(), TokenType::parse(ty).ok_or(BrokerError::UnsupportedTokenType)?)),
+            (Some(t), Some(ty)) => Some((
+                t.to_owned(),
+                TokenType::parse(ty).ok_or(BrokerError::UnsupportedTokenType)?,
+            )),
             // RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present, and
             // MUST NOT be included otherwise.
             (Some(_), None) => return Err(BrokerError::Missing("actor_token_type")),
@@ -66,10 +74,20 @@ impl TokenRequest {
         targets.extend(form.all("audience").into_iter().map(str::to_owned));
         let scope = form.get("scope").map(parse_scope).transpose()?;
         let purpose = form.get("purpose").map(str::to_owned);
-        if purpose.as_ref().is_some_and(|p| p.len() > 256 || p.chars().any(char::is_control)) {
+        if purpose
+            .as_ref()
+            .is_some_and(|p| p.len() > 256 || p.chars().any(char::is_control))
+        {
             return Err(BrokerError::BadRequest("purpose"));
         }
-        Ok(Self { subject_token: subject_token.to_owned(), subject_type, actor, targets, scope, purpose })
+        Ok(Self {
+            subject_token: subject_token.to_owned(),
+            subject_type,
+            actor,
+            targets,
+            scope,
+            purpose,
+        })
     }
 }
 
@@ -104,7 +122,11 @@ pub struct ExchangeTrace {
 
 impl Broker {
     /// One token exchange.
-    pub async fn exchange(&self, body: &[u8], trace: &mut ExchangeTrace) -> Result<TokenResponse, BrokerError> {
+    pub async fn exchange(
+        &self,
+        body: &[u8],
+        trace: &mut ExchangeTrace,
+    ) -> Result<TokenResponse, BrokerError> {
         let timer = Stopwatch::start();
         let result = self.exchange_inner(body, trace).await;
         let secs = timer.elapsed_secs();
@@ -114,26 +136,40 @@ impl Broker {
                 self.metrics.issued_ttl(r.expires_in as f64);
             }
             Err(e) => {
-                let outcome = if e.oauth().0.is_server_error() { "error" } else { "denied" };
+                let outcome = if e.oauth().0.is_server_error() {
+                    "error"
+                } else {
+                    "denied"
+                };
                 self.metrics.exchange(outcome, e.reason().as_str(), secs);
             }
         }
         result
     }
 
-    async fn exchange_inner(&self, body: &[u8], trace: &mut ExchangeTrace) -> Result<TokenResponse, BrokerError> {
+    async fn exchange_inner(
+        &self,
+        body: &[u8],
+        trace: &mut ExchangeTrace,
+    ) -> Result<TokenResponse, BrokerError> {
         // Parse: strict form, one value per parameter.
         let req = TokenRequest::parse(body)?;
         // One snapshot of the key ring for the whole request: the key that verifies a parent
         // token and the key that signs are from the same moment, whatever a rotation does.
         let keys = self.keys();
         // Authenticate the subject: verify the token and match exactly one agent.
-        let subject =
-            self.verifier.subject(&req.subject_token, req.subject_type, &keys).await.map_err(BrokerError::subject)?;
+        let subject = self
+            .verifier
+            .subject(&req.subject_token, req.subject_type, &keys)
+            .await
+            .map_err(BrokerError::subject)?;
         trace.agent = Some(subject.agent.id.to_string());
         // Delegation: the actor must be one the subject names in `may_act`.
         let act = match &req.actor {
-            None => subject.parent.as_ref().and_then(|p| p.claims.get("act").cloned()),
+            None => subject
+                .parent
+                .as_ref()
+                .and_then(|p| p.claims.get("act").cloned()),
             Some((token, ty)) => Some(self.delegation(&subject, token, *ty, &keys).await?),
         };
         // Target: exactly one registered target, in the agent's tenant and environment.
@@ -187,14 +223,18 @@ impl Broker {
         // Session: a child records its parent, depth and actor chain.
         let session_id = SessionId::try_from(format!("s_{}", random_b64url(18)))
             .map_err(|_| BrokerError::Signing("session id".into()))?;
-        let jti = Jti::try_from(format!("t_{}", random_b64url(18))).map_err(|_| BrokerError::Signing("jti".into()))?;
+        let jti = Jti::try_from(format!("t_{}", random_b64url(18)))
+            .map_err(|_| BrokerError::Signing("jti".into()))?;
         let parent = subject.parent.as_ref();
         let depth = match parent {
             Some(p) => self.session_depth(&p.session).await?.saturating_add(1),
             None => 0,
         };
         let scope = permit.scopes().join(" ");
-        let purpose = req.purpose.clone().unwrap_or_else(|| subject.agent.purpose.clone());
+        let purpose = req
+            .purpose
+            .clone()
+            .unwrap_or_else(|| subject.agent.purpose.clone());
         let kid = keys.active().kid().to_owned();
         let mut claims = json!({
             "iss": self.config.server.public_url,
@@ -260,8 +300,10 @@ impl Broker {
         trace.jti = Some(jti.to_string());
         trace.session = Some(session_id.to_string());
         // Sign: the last step, with the key of the snapshot taken at the start.
-        let access_token =
-            keys.active().sign_jwt("at+jwt", &claims).map_err(|e| BrokerError::Signing(e.to_string()))?;
+        let access_token = keys
+            .active()
+            .sign_jwt("at+jwt", &claims)
+            .map_err(|e| BrokerError::Signing(e.to_string()))?;
         Ok(TokenResponse {
             access_token,
             issued_token_type: TOKEN_TYPE_ACCESS,
@@ -278,7 +320,10 @@ impl Broker {
             return Err(BrokerError::Missing("audience"));
         }
         for n in names {
-            let t = self.config.target_by_audience(n).ok_or(BrokerError::TargetNotRegistered)?;
+            let t = self
+                .config
+                .target_by_audience(n)
+                .ok_or(BrokerError::TargetNotRegistered)?;
             match found {
                 Some(f) if f.id != t.id => return Err(BrokerError::TargetNotRegistered),
                 _ => found = Some(t),
@@ -303,13 +348,24 @@ impl Broker {
         ty: TokenType,
         keys: &crate::keys::KeyRing,
     ) -> Result<Value, BrokerError> {
-        let actor = self.verifier.subject(token, ty, keys).await.map_err(BrokerError::actor)?;
+        let actor = self
+            .verifier
+            .subject(token, ty, keys)
+            .await
+            .map_err(BrokerError::actor)?;
         // RFC 8693 §4.4: `may_act` names who may act for the subject; without it, nobody.
-        let may = subject.claims.get("may_act").and_then(|m| m.get("sub")).and_then(Value::as_str);
+        let may = subject
+            .claims
+            .get("may_act")
+            .and_then(|m| m.get("sub"))
+            .and_then(Value::as_str);
         if may != Some(actor.agent.id.as_str()) {
             return Err(BrokerError::Delegation);
         }
-        let prior = subject.parent.as_ref().and_then(|p| p.claims.get("act").cloned());
+        let prior = subject
+            .parent
+            .as_ref()
+            .and_then(|p| p.claims.get("act").cloned());
         let mut act = json!({ "sub": actor.agent.id.as_str() });
         let mut depth = 1u32;
         if let Some(p) = prior {

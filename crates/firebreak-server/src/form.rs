@@ -49,20 +49,30 @@ impl Form {
 
     /// The value of a single-valued parameter; an empty value counts as absent (RFC 6749 §3.1).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.single.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.single
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// The values of a repeatable parameter (empty values dropped).
     pub fn all(&self, name: &str) -> Vec<&str> {
         self.multi
             .get(name)
-            .map(|v| v.iter().map(String::as_str).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.iter()
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
 fn hex(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn decode(raw: &[u8]) -> Result<String, FormError> {
@@ -72,8 +82,16 @@ fn decode(raw: &[u8]) -> Result<String, FormError> {
         match b {
             b'+' => out.push(b' '),
             b'%' => {
-                let hi = i.next().copied().and_then(hex).ok_or(FormError::BadEncoding)?;
-                let lo = i.next().copied().and_then(hex).ok_or(FormError::BadEncoding)?;
+                let hi = i
+                    .next()
+                    .copied()
+                    .and_then(hex)
+                    .ok_or(FormError::BadEncoding)?;
+                let lo = i
+                    .next()
+                    .copied()
+                    .and_then(hex)
+                    .ok_or(FormError::BadEncoding)?;
                 out.push(hi << 4 | lo);
             }
             _ => out.push(b),
@@ -121,15 +139,27 @@ mod tests {
             Form::parse(b"scope=a&%73cope=b", &[]).unwrap_err(),
             FormError::Repeated("scope".into())
         );
-        assert_eq!(Form::parse(b"a=%zz", &[]).unwrap_err(), FormError::BadEncoding);
-        assert_eq!(Form::parse(b"a=%f", &[]).unwrap_err(), FormError::BadEncoding);
-        assert_eq!(Form::parse(b"a=%ff%fe", &[]).unwrap_err(), FormError::BadEncoding);
+        assert_eq!(
+            Form::parse(b"a=%zz", &[]).unwrap_err(),
+            FormError::BadEncoding
+        );
+        assert_eq!(
+            Form::parse(b"a=%f", &[]).unwrap_err(),
+            FormError::BadEncoding
+        );
+        assert_eq!(
+            Form::parse(b"a=%ff%fe", &[]).unwrap_err(),
+            FormError::BadEncoding
+        );
         let f = Form::parse(b"a=x+y%21&resource=1&resource=2&b=", &["resource"]).unwrap();
         assert_eq!(f.get("a"), Some("x y!"));
         assert_eq!(f.get("b"), None);
         assert_eq!(f.all("resource"), vec!["1", "2"]);
         // Round trip.
         let body = encode_pairs([("k", "a b&c=d/é")]);
-        assert_eq!(Form::parse(body.as_bytes(), &[]).unwrap().get("k"), Some("a b&c=d/é"));
+        assert_eq!(
+            Form::parse(body.as_bytes(), &[]).unwrap().get("k"),
+            Some("a b&c=d/é")
+        );
     }
 }

@@ -59,7 +59,10 @@ impl Kek {
     /// # Errors
     /// [`KeyError::Kek`] when the file is unreadable or not a 256-bit key.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let err = |reason: String| KeyError::Kek { path: path.display().to_string(), reason };
+        let err = |reason: String| KeyError::Kek {
+            path: path.display().to_string(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let key: Vec<u8> = if bytes.len() == 32 {
             bytes
@@ -70,7 +73,10 @@ impl Kek {
                 return Err(err("expected 32 bytes or 64 hex characters".into()));
             }
             (0..32)
-                .map(|i| hex.get(i * 2..i * 2 + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+                .map(|i| {
+                    hex.get(i * 2..i * 2 + 2)
+                        .and_then(|p| u8::from_str_radix(p, 16).ok())
+                })
                 .collect::<Option<Vec<u8>>>()
                 .ok_or_else(|| err("not hex".into()))?
         };
@@ -80,10 +86,16 @@ impl Kek {
 
     fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| KeyError::Generate("rng".into()))?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KeyError::Generate("rng".into()))?;
         let mut buf = plain.to_vec();
         self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(kid.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kid.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| KeyError::Generate("seal".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
@@ -91,8 +103,11 @@ impl Kek {
     }
 
     fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let (nonce, ct) = sealed.split_at_checked(NONCE_LEN).ok_or_else(|| KeyError::Unseal(kid.into()))?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unseal(kid.into()))?;
+        let (nonce, ct) = sealed
+            .split_at_checked(NONCE_LEN)
+            .ok_or_else(|| KeyError::Unseal(kid.into()))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unseal(kid.into()))?;
         let mut buf = ct.to_vec();
         let plain = self
             .0
@@ -106,7 +121,12 @@ impl Kek {
 ///
 /// # Errors
 /// [`KeyError::Generate`] when the RNG or signer fails.
-pub fn new_key_row(alg: Algorithm, state: KeyState, kek: Option<&Kek>, now: UnixTime) -> Result<KeyRow, KeyError> {
+pub fn new_key_row(
+    alg: Algorithm,
+    state: KeyState,
+    kek: Option<&Kek>,
+    now: UnixTime,
+) -> Result<KeyRow, KeyError> {
     let key = SigningKey::generate(alg).map_err(|e| KeyError::Generate(e.to_string()))?;
     let kid = key.kid().to_owned();
     let (secret, sealed) = match kek {
@@ -150,14 +170,21 @@ impl KeyRing {
             if row.state == KeyState::Retired {
                 continue;
             }
-            let corrupt = |reason: String| KeyError::Corrupt { kid: row.kid.clone(), reason };
-            let alg: Algorithm = row.alg.parse().map_err(|_| corrupt(format!("algorithm {:?}", row.alg)))?;
+            let corrupt = |reason: String| KeyError::Corrupt {
+                kid: row.kid.clone(),
+                reason,
+            };
+            let alg: Algorithm = row
+                .alg
+                .parse()
+                .map_err(|_| corrupt(format!("algorithm {:?}", row.alg)))?;
             let der = match (row.sealed, kek) {
                 (true, Some(k)) => k.open(&row.kid, &row.secret)?,
                 (true, None) => return Err(KeyError::Unseal(row.kid.clone())),
                 (false, _) => row.secret.clone(),
             };
-            let key = SigningKey::from_pkcs8(alg, row.kid.clone(), &der).map_err(|e| corrupt(e.to_string()))?;
+            let key = SigningKey::from_pkcs8(alg, row.kid.clone(), &der)
+                .map_err(|e| corrupt(e.to_string()))?;
             published.push(key.public_key());
             if row.state == KeyState::Active {
                 active.push(key);
@@ -167,8 +194,16 @@ impl KeyRing {
         let Some(active) = active.pop().filter(|_| n == 1) else {
             return Err(KeyError::ActiveCount(n));
         };
-        let by_kid = published.iter().map(|k| (k.kid().to_owned(), k.clone())).collect();
-        Ok(Self { active, published, by_kid, rows })
+        let by_kid = published
+            .iter()
+            .map(|k| (k.kid().to_owned(), k.clone()))
+            .collect();
+        Ok(Self {
+            active,
+            published,
+            by_kid,
+            rows,
+        })
     }
 
     /// The key that signs new tokens.

@@ -46,7 +46,9 @@ pub async fn serve(
         })
     };
     let app = router(broker);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     upkeep.abort();
     result
 }

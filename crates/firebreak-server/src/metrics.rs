@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-const LATENCY_BUCKETS: [f64; 12] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 const TTL_BUCKETS: [f64; 8] = [30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
 #[derive(Debug, Default)]
@@ -56,7 +57,9 @@ pub struct Metrics(Mutex<Inner>);
 
 impl Metrics {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One finished exchange: `outcome` is `issued`, `denied` or `error`.
@@ -86,19 +89,31 @@ impl Metrics {
         out.push_str("# HELP firebreak_exchanges_total Token exchanges by outcome and reason.\n");
         out.push_str("# TYPE firebreak_exchanges_total counter\n");
         for ((outcome, reason), n) in &m.exchanges {
-            let _ = writeln!(out, "firebreak_exchanges_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "firebreak_exchanges_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
+            );
         }
-        out.push_str("# HELP firebreak_denied_total Refusals at a decision point, by reason code.\n");
+        out.push_str(
+            "# HELP firebreak_denied_total Refusals at a decision point, by reason code.\n",
+        );
         out.push_str("# TYPE firebreak_denied_total counter\n");
         for (reason, n) in &m.denied {
             let _ = writeln!(out, "firebreak_denied_total{{reason=\"{reason}\"}} {n}");
         }
-        out.push_str("# HELP firebreak_exchange_duration_seconds Time to answer a token exchange.\n");
+        out.push_str(
+            "# HELP firebreak_exchange_duration_seconds Time to answer a token exchange.\n",
+        );
         out.push_str("# TYPE firebreak_exchange_duration_seconds histogram\n");
-        m.exchange_duration.render(&mut out, "firebreak_exchange_duration_seconds", &LATENCY_BUCKETS);
+        m.exchange_duration.render(
+            &mut out,
+            "firebreak_exchange_duration_seconds",
+            &LATENCY_BUCKETS,
+        );
         out.push_str("# HELP firebreak_issued_token_ttl_seconds Lifetime of issued tokens.\n");
         out.push_str("# TYPE firebreak_issued_token_ttl_seconds histogram\n");
-        m.issued_ttl.render(&mut out, "firebreak_issued_token_ttl_seconds", &TTL_BUCKETS);
+        m.issued_ttl
+            .render(&mut out, "firebreak_issued_token_ttl_seconds", &TTL_BUCKETS);
         out
     }
 }

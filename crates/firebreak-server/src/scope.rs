@@ -3,7 +3,8 @@
 /// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
 pub fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 /// Why a `scope` parameter was refused.
@@ -36,7 +37,10 @@ mod tests {
 
     #[test]
     fn scopes_parse_strictly() {
-        assert_eq!(parse_scope("read write"), Ok(vec!["read".into(), "write".into()]));
+        assert_eq!(
+            parse_scope("read write"),
+            Ok(vec!["read".into(), "write".into()])
+        );
         assert_eq!(parse_scope("read  write"), Err(ScopeError::Malformed));
         assert_eq!(parse_scope("read read"), Err(ScopeError::Duplicate));
         assert_eq!(parse_scope("r\u{0435}ad"), Err(ScopeError::Malformed));

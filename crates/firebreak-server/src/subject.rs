@@ -95,7 +95,10 @@ pub struct Verifier {
 
 impl Verifier {
     fn token_limits(&self) -> TokenLimits {
-        TokenLimits { max_token_bytes: self.config.limits.max_token_bytes, ..TokenLimits::default() }
+        TokenLimits {
+            max_token_bytes: self.config.limits.max_token_bytes,
+            ..TokenLimits::default()
+        }
     }
 
     fn leeway(&self) -> i64 {
@@ -103,10 +106,19 @@ impl Verifier {
     }
 
     /// Verifies a subject (or actor) token of type `ty` and matches exactly one agent.
-    pub async fn subject(&self, token: &str, ty: TokenType, keys: &KeyRing) -> Result<Subject, SubjectError> {
+    pub async fn subject(
+        &self,
+        token: &str,
+        ty: TokenType,
+        keys: &KeyRing,
+    ) -> Result<Subject, SubjectError> {
         // Parse first: size, structure, strict JSON, header rules. Nothing is fetched yet.
         let jwt = UnverifiedJwt::parse(token, &self.token_limits())?;
-        let iss = jwt.issuer().ok_or(SubjectError::Token(TokenError::MissingClaim { claim: "iss" }))?;
+        let iss = jwt
+            .issuer()
+            .ok_or(SubjectError::Token(TokenError::MissingClaim {
+                claim: "iss",
+            }))?;
         if iss == self.config.server.public_url {
             if ty != TokenType::AccessToken {
                 return Err(SubjectError::TypeMismatch);
@@ -131,12 +143,19 @@ impl Verifier {
         let cfg = &issuer.config;
         // The algorithm is allow-listed before any key lookup (T01, T02): `none` or HS* never
         // reach the cache, let alone a verifier.
-        let alg: firebreak_token::Algorithm =
-            jwt.header().alg.parse().map_err(|_| SubjectError::Token(TokenError::AlgorithmNotAllowed))?;
+        let alg: firebreak_token::Algorithm = jwt
+            .header()
+            .alg
+            .parse()
+            .map_err(|_| SubjectError::Token(TokenError::AlgorithmNotAllowed))?;
         if !cfg.algorithms.contains(&alg) {
             return Err(SubjectError::Token(TokenError::AlgorithmNotAllowed));
         }
-        let kid = jwt.header().kid.as_deref().ok_or(SubjectError::Token(TokenError::UnknownKey))?;
+        let kid = jwt
+            .header()
+            .kid
+            .as_deref()
+            .ok_or(SubjectError::Token(TokenError::UnknownKey))?;
         let key = issuer.keys.key(kid).await.map_err(|e| match e {
             TokenError::IssuerKeysUnavailable => SubjectError::KeysUnavailable,
             other => SubjectError::Token(other),
@@ -166,7 +185,10 @@ impl Verifier {
             Ok(Some(_)) => return Err(SubjectError::Revoked),
             Err(_) => return Err(SubjectError::StoreUnavailable),
         }
-        let replay_key = claims.jti.clone().unwrap_or_else(|| sha256_hex(token.as_bytes()));
+        let replay_key = claims
+            .jti
+            .clone()
+            .unwrap_or_else(|| sha256_hex(token.as_bytes()));
         Ok(Subject {
             agent,
             exp: claims.exp,
@@ -182,11 +204,20 @@ impl Verifier {
     }
 
     /// Exactly one agent bound to this issuer whose every claim condition holds.
-    fn match_agent<'a>(&'a self, issuer: &Issuer, claims: &Map<String, Value>) -> Result<&'a Agent, SubjectError> {
+    fn match_agent<'a>(
+        &'a self,
+        issuer: &Issuer,
+        claims: &Map<String, Value>,
+    ) -> Result<&'a Agent, SubjectError> {
         let mut matched: Vec<&Agent> = Vec::new();
         let mut first_miss: Option<String> = None;
         let mut bound = 0usize;
-        for agent in self.config.agents.iter().filter(|a| a.identity.issuer == issuer.id) {
+        for agent in self
+            .config
+            .agents
+            .iter()
+            .filter(|a| a.identity.issuer == issuer.id)
+        {
             bound += 1;
             match first_mismatch(agent, claims) {
                 None => matched.push(agent),
@@ -198,14 +229,21 @@ impl Verifier {
         match matched.as_slice() {
             [one] => Ok(one),
             [] if bound == 0 => Err(SubjectError::NoAgentMatch),
-            [] => Err(SubjectError::TrustRuleMismatch { claim: first_miss.unwrap_or_default() }),
+            [] => Err(SubjectError::TrustRuleMismatch {
+                claim: first_miss.unwrap_or_default(),
+            }),
             _ => Err(SubjectError::AmbiguousAgent),
         }
     }
 
     /// The agent named by one of our tokens, if it is still registered, unexpired, unrevoked.
     async fn live_agent(&self, id: &AgentId) -> Result<Agent, SubjectError> {
-        let agent = self.config.agents.iter().find(|a| &a.id == id).ok_or(SubjectError::Revoked)?;
+        let agent = self
+            .config
+            .agents
+            .iter()
+            .find(|a| &a.id == id)
+            .ok_or(SubjectError::Revoked)?;
         if agent.expires.as_secs() <= self.clock.now().as_secs() {
             return Err(SubjectError::AgentExpired);
         }
@@ -214,14 +252,30 @@ impl Verifier {
 
     /// Verifies one of our own access tokens: signature by a published key, claims, `aud` when
     /// given, and that neither it, its session, an ancestor nor its agent is revoked.
-    pub async fn own(&self, token: &str, audience: Option<&str>, keys: &KeyRing) -> Result<OwnToken, SubjectError> {
+    pub async fn own(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+        keys: &KeyRing,
+    ) -> Result<OwnToken, SubjectError> {
         let jwt = UnverifiedJwt::parse(token, &self.token_limits())?;
         self.own_parsed(&jwt, audience, keys).await
     }
 
-    async fn own_parsed(&self, jwt: &UnverifiedJwt, audience: Option<&str>, keys: &KeyRing) -> Result<OwnToken, SubjectError> {
-        let kid = jwt.header().kid.as_deref().ok_or(SubjectError::Token(TokenError::UnknownKey))?;
-        let key = keys.verifier(kid).ok_or(SubjectError::Token(TokenError::UnknownKey))?;
+    async fn own_parsed(
+        &self,
+        jwt: &UnverifiedJwt,
+        audience: Option<&str>,
+        keys: &KeyRing,
+    ) -> Result<OwnToken, SubjectError> {
+        let kid = jwt
+            .header()
+            .kid
+            .as_deref()
+            .ok_or(SubjectError::Token(TokenError::UnknownKey))?;
+        let key = keys
+            .verifier(kid)
+            .ok_or(SubjectError::Token(TokenError::UnknownKey))?;
         let alg = [key.alg()];
         verify_signature(jwt, key, &alg)?;
         let claims = jwt.claims();
@@ -249,15 +303,23 @@ impl Verifier {
         let str_claim = |name: &'static str| -> Result<String, SubjectError> {
             match claims.get(name) {
                 Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(SubjectError::Token(TokenError::MissingClaim { claim: name })),
+                _ => Err(SubjectError::Token(TokenError::MissingClaim {
+                    claim: name,
+                })),
             }
         };
-        let bad = |name: &'static str| SubjectError::Token(TokenError::MissingClaim { claim: name });
+        let bad =
+            |name: &'static str| SubjectError::Token(TokenError::MissingClaim { claim: name });
         let agent = AgentId::try_from(std.sub.clone()).map_err(|_| bad("sub"))?;
         let session = SessionId::try_from(str_claim("sid")?).map_err(|_| bad("sid"))?;
-        let jti = Jti::try_from(std.jti.clone().ok_or_else(|| bad("jti"))?).map_err(|_| bad("jti"))?;
+        let jti =
+            Jti::try_from(std.jti.clone().ok_or_else(|| bad("jti"))?).map_err(|_| bad("jti"))?;
         let scope = match claims.get("scope") {
-            Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             None => Vec::new(),
             Some(_) => return Err(bad("scope")),
         };
@@ -267,7 +329,15 @@ impl Verifier {
             Ok(_) => return Err(SubjectError::Revoked),
             Err(_) => return Err(SubjectError::StoreUnavailable),
         }
-        Ok(OwnToken { agent, session, jti, audience: aud, scopes: scope, exp: std.exp, claims: claims.clone() })
+        Ok(OwnToken {
+            agent,
+            session,
+            jti,
+            audience: aud,
+            scopes: scope,
+            exp: std.exp,
+            claims: claims.clone(),
+        })
     }
 }
 

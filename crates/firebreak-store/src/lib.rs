@@ -74,8 +74,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Revokes a session and every descendant; returns the ids newly revoked (empty when the
     /// session was already revoked or does not exist).
-    fn revoke_session_tree(&self, id: &SessionId, at: UnixTime)
-    -> StoreFuture<'_, Vec<SessionId>>;
+    fn revoke_session_tree(&self, id: &SessionId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>>;
 
     /// Revokes an agent and every one of its sessions; returns the sessions newly revoked.
     fn revoke_agent(&self, agent: &AgentId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>>;
@@ -102,8 +101,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// One rotation step in one transaction: `next` → active, active → retiring (retire after
     /// `retire_after`), retiring keys past their time → retired, and `new_next` inserted.
-    fn rotate_keys(&self, new_next: KeyRow, now: UnixTime, retire_after: UnixTime)
-    -> StoreFuture<'_, ()>;
+    fn rotate_keys(
+        &self,
+        new_next: KeyRow,
+        now: UnixTime,
+        retire_after: UnixTime,
+    ) -> StoreFuture<'_, ()>;
 
     /// Marks retiring keys whose `retire_after` has passed as retired; returns their kids.
     fn retire_due_keys(&self, now: UnixTime) -> StoreFuture<'_, Vec<String>>;

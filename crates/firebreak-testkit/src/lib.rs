@@ -93,7 +93,11 @@ impl TestIssuer {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, key: Arc::new(key), state }
+        Self {
+            url,
+            key: Arc::new(key),
+            state,
+        }
     }
 
     /// The signing key.
@@ -117,7 +121,13 @@ impl TestIssuer {
     }
 
     /// GitHub Actions-style claims for `repository` on `git_ref`, valid at `now` for 5 minutes.
-    pub fn github_claims(&self, aud: &str, repository: &str, git_ref: &str, now: UnixTime) -> Value {
+    pub fn github_claims(
+        &self,
+        aud: &str,
+        repository: &str,
+        git_ref: &str,
+        now: UnixTime,
+    ) -> Value {
         let t = now.as_secs();
         json!({
             "iss": self.url,
@@ -167,7 +177,10 @@ impl TestIssuer {
             Algorithm::Es256 | Algorithm::Rs256 => {
                 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
                 let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).unwrap();
-                kp.sign(&aws_lc_rs::rand::SystemRandom::new(), msg).unwrap().as_ref().to_vec()
+                kp.sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()
             }
         }
     }
@@ -233,16 +246,30 @@ impl Default for HttpClient {
 
 impl HttpClient {
     /// Sends a request.
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut req = http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.0.request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let resp = self
+            .0
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// POSTs a form body.

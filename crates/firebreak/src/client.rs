@@ -62,7 +62,9 @@ impl Client {
             .https_or_http()
             .enable_http1()
             .build();
-        Ok(Self { inner: HyperClient::builder(TokioExecutor::new()).build(https) })
+        Ok(Self {
+            inner: HyperClient::builder(TokioExecutor::new()).build(https),
+        })
     }
 
     /// Sends one request.
@@ -87,12 +89,20 @@ impl Client {
             }
             None => Full::new(Bytes::new()),
         };
-        let req = req.body(body).map_err(|_| ClientError::Build(url.to_owned()))?;
+        let req = req
+            .body(body)
+            .map_err(|_| ClientError::Build(url.to_owned()))?;
         let fut = self.inner.request(req);
         let resp = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
             .await
-            .map_err(|_| ClientError::Transport { url: url.to_owned(), reason: "timed out".into() })?
-            .map_err(|e| ClientError::Transport { url: url.to_owned(), reason: error_chain(&e) })?;
+            .map_err(|_| ClientError::Transport {
+                url: url.to_owned(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| ClientError::Transport {
+                url: url.to_owned(),
+                reason: error_chain(&e),
+            })?;
         let status = resp.status();
         let limited = http_body_util::Limited::new(resp.into_body(), 4 << 20);
         let body = limited
@@ -108,7 +118,10 @@ impl Client {
     /// # Errors
     /// As [`Client::send`].
     pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Reply, ClientError> {
-        let h: Vec<(&str, String)> = bearer.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+        let h: Vec<(&str, String)> = bearer
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .into_iter()
+            .collect();
         self.send(Method::GET, url, &h, None).await
     }
 
@@ -116,8 +129,19 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::send`].
-    pub async fn post_form(&self, url: &str, headers: &[(&str, String)], form: String) -> Result<Reply, ClientError> {
-        self.send(Method::POST, url, headers, Some(("application/x-www-form-urlencoded", form.into_bytes()))).await
+    pub async fn post_form(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        form: String,
+    ) -> Result<Reply, ClientError> {
+        self.send(
+            Method::POST,
+            url,
+            headers,
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+        )
+        .await
     }
 }
 

@@ -12,7 +12,10 @@ use firebreak_token::{KeySet, UnverifiedJwt, verify_signature};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::cli::{AgentCommand, BrokerArgs, Cli, Command, KeysCommand, LogFormat, Output, SessionCommand, TokenCommand};
+use crate::cli::{
+    AgentCommand, BrokerArgs, Cli, Command, KeysCommand, LogFormat, Output, SessionCommand,
+    TokenCommand,
+};
 use crate::client::Client;
 
 /// Why a command failed.
@@ -46,14 +49,18 @@ fn failed(e: impl std::fmt::Display) -> CliError {
 
 /// Sets up tracing on stderr.
 pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(match cli.command {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match cli.command {
             // The demo narrates on stdout; its logs would only interleave.
             Command::Demo { .. } => "warn",
             _ => "info",
-        }));
+        })
+    });
     let ansi = std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -80,7 +87,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let url = broker_url(broker.as_deref(), &config)?;
             let subject = read_arg(&subject_token)?;
             let mut pairs = vec![
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange".to_owned(),
+                ),
                 ("subject_token", subject),
                 ("subject_token_type", subject_token_type.urn().to_owned()),
                 ("audience", audience),
@@ -93,10 +103,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 pairs.push(("actor_token_type", actor_token_type.urn().to_owned()));
             }
             let body = encode_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
-            let reply = Client::new().map_err(failed)?.post_form(&format!("{url}/oauth2/token"), &[], body).await.map_err(failed)?;
+            let reply = Client::new()
+                .map_err(failed)?
+                .post_form(&format!("{url}/oauth2/token"), &[], body)
+                .await
+                .map_err(failed)?;
             let v = reply.json();
             if !reply.status.is_success() {
-                return Err(CliError::Failed(format!("exchange refused ({}): {}", reply.status.as_u16(), v)));
+                return Err(CliError::Failed(format!(
+                    "exchange refused ({}): {}",
+                    reply.status.as_u16(),
+                    v
+                )));
             }
             print_value(out, &v, |v| {
                 format!(
@@ -109,11 +127,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
-        Command::Token(TokenCommand::Inspect { jwt, broker }) => inspect(&read_arg(&jwt)?, broker.as_deref(), out).await,
+        Command::Token(TokenCommand::Inspect { jwt, broker }) => {
+            inspect(&read_arg(&jwt)?, broker.as_deref(), out).await
+        }
         Command::Agent(AgentCommand::List(b)) => {
             let v = admin(&b, Method::GET, "/v1/agents").await?;
             print_value(out, &v, |v| {
-                let mut s = format!("{:<24} {:<28} {:<12} {:<24} {}\n", "AGENT", "OWNER", "EXPIRES", "LAST USED", "PURPOSE");
+                let mut s = format!(
+                    "{:<24} {:<28} {:<12} {:<24} {}\n",
+                    "AGENT", "OWNER", "EXPIRES", "LAST USED", "PURPOSE"
+                );
                 for a in v["agents"].as_array().into_iter().flatten() {
                     s.push_str(&format!(
                         "{:<24} {:<28} {:<12} {:<24} {}\n",
@@ -129,15 +152,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Agent(AgentCommand::Show { id, broker }) => {
-            let v = admin(&broker, Method::GET, &format!("/v1/agents/{}", path_seg(&id))).await?;
+            let v = admin(
+                &broker,
+                Method::GET,
+                &format!("/v1/agents/{}", path_seg(&id)),
+            )
+            .await?;
             print_value(out, &v, pretty);
             Ok(())
         }
         Command::Session(SessionCommand::List { agent, broker }) => {
-            let q = agent.map(|a| format!("?agent={}", firebreak_server::form::encode(&a))).unwrap_or_default();
+            let q = agent
+                .map(|a| format!("?agent={}", firebreak_server::form::encode(&a)))
+                .unwrap_or_default();
             let v = admin(&broker, Method::GET, &format!("/v1/sessions{q}")).await?;
             print_value(out, &v, |v| {
-                let mut s = format!("{:<28} {:<20} {:<16} {:<8} {:<28} {}\n", "SESSION", "AGENT", "TARGET", "STATE", "PARENT", "EXPIRES");
+                let mut s = format!(
+                    "{:<28} {:<20} {:<16} {:<8} {:<28} {}\n",
+                    "SESSION", "AGENT", "TARGET", "STATE", "PARENT", "EXPIRES"
+                );
                 for x in v["sessions"].as_array().into_iter().flatten() {
                     s.push_str(&format!(
                         "{:<28} {:<20} {:<16} {:<8} {:<28} {}\n",
@@ -154,25 +187,49 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Session(SessionCommand::Show { id, broker }) => {
-            let v = admin(&broker, Method::GET, &format!("/v1/sessions/{}", path_seg(&id))).await?;
+            let v = admin(
+                &broker,
+                Method::GET,
+                &format!("/v1/sessions/{}", path_seg(&id)),
+            )
+            .await?;
             print_value(out, &v, |v| {
                 let mut s = pretty(v);
                 s.push_str("lineage:\n");
                 for a in v["ancestors"].as_array().into_iter().flatten().rev() {
                     s.push_str(&format!("  ancestor   {}\n", a.as_str().unwrap_or("")));
                 }
-                s.push_str(&format!("  this       {} ({})\n", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
+                s.push_str(&format!(
+                    "  this       {} ({})\n",
+                    v["id"].as_str().unwrap_or(""),
+                    v["state"].as_str().unwrap_or("")
+                ));
                 for d in v["descendants"].as_array().into_iter().flatten() {
-                    s.push_str(&format!("  descendant {} depth {} ({})\n", d["id"].as_str().unwrap_or(""), d["depth"], d["state"].as_str().unwrap_or("")));
+                    s.push_str(&format!(
+                        "  descendant {} depth {} ({})\n",
+                        d["id"].as_str().unwrap_or(""),
+                        d["depth"],
+                        d["state"].as_str().unwrap_or("")
+                    ));
                 }
                 s
             });
             Ok(())
         }
         Command::Session(SessionCommand::Revoke { id, broker }) => {
-            let v = admin(&broker, Method::DELETE, &format!("/v1/sessions/{}", path_seg(&id))).await?;
+            let v = admin(
+                &broker,
+                Method::DELETE,
+                &format!("/v1/sessions/{}", path_seg(&id)),
+            )
+            .await?;
             print_value(out, &v, |v| {
-                let ids: Vec<&str> = v["revoked"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let ids: Vec<&str> = v["revoked"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 format!("revoked {} session(s): {}\n", ids.len(), ids.join(" "))
             });
             Ok(())
@@ -180,7 +237,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys(KeysCommand::List(b)) => {
             let v = admin(&b, Method::GET, "/v1/keys").await?;
             print_value(out, &v, |v| {
-                let mut s = format!("{:<45} {:<6} {:<9} {:<26} {}\n", "KID", "ALG", "STATE", "CREATED", "RETIRE AFTER");
+                let mut s = format!(
+                    "{:<45} {:<6} {:<9} {:<26} {}\n",
+                    "KID", "ALG", "STATE", "CREATED", "RETIRE AFTER"
+                );
                 for k in v["keys"].as_array().into_iter().flatten() {
                     s.push_str(&format!(
                         "{:<45} {:<6} {:<9} {:<26} {}\n",
@@ -196,9 +256,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { force, broker }) => {
-            let path = if force { "/v1/keys/rotate?force=true" } else { "/v1/keys/rotate" };
+            let path = if force {
+                "/v1/keys/rotate?force=true"
+            } else {
+                "/v1/keys/rotate"
+            };
             let v = admin(&broker, Method::POST, path).await?;
-            print_value(out, &v, |v| format!("rotated; active key is now {}\n", v["active"].as_str().unwrap_or("")));
+            print_value(out, &v, |v| {
+                format!(
+                    "rotated; active key is now {}\n",
+                    v["active"].as_str().unwrap_or("")
+                )
+            });
             Ok(())
         }
     }
@@ -247,7 +316,11 @@ fn broker_url(flag: Option<&str>, config: &Path) -> Result<String, CliError> {
     if let Some(u) = flag {
         return Ok(u.trim_end_matches('/').to_owned());
     }
-    let cfg = Config::load(config).map_err(|e| CliError::Usage(format!("no --broker or FIREBREAK_URL, and the config gives none: {e}")))?;
+    let cfg = Config::load(config).map_err(|e| {
+        CliError::Usage(format!(
+            "no --broker or FIREBREAK_URL, and the config gives none: {e}"
+        ))
+    })?;
     Ok(cfg.server.public_url)
 }
 
@@ -261,7 +334,9 @@ fn admin_credential(b: &BrokerArgs) -> Result<String, CliError> {
     let cfg = Config::load(&b.config)
         .map_err(|e| CliError::Usage(format!("no --token, FIREBREAK_TOKEN or FIREBREAK_ADMIN_TOKEN, and no config to find admin.token: {e}")))?;
     let path = cfg.server.data_dir.join("admin.token");
-    std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))
 }
 
 async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliError> {
@@ -269,14 +344,22 @@ async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliE
     let token = admin_credential(b)?;
     let reply = Client::new()
         .map_err(failed)?
-        .send(method, &format!("{url}{path}"), &[("authorization", format!("Bearer {token}"))], None)
+        .send(
+            method,
+            &format!("{url}{path}"),
+            &[("authorization", format!("Bearer {token}"))],
+            None,
+        )
         .await
         .map_err(failed)?;
     let v = reply.json();
     if !reply.status.is_success() {
         let detail = v.get("detail").and_then(Value::as_str).unwrap_or("");
         let title = v.get("title").and_then(Value::as_str).unwrap_or("");
-        return Err(CliError::Failed(format!("{} {title} {detail}", reply.status.as_u16())));
+        return Err(CliError::Failed(format!(
+            "{} {title} {detail}",
+            reply.status.as_u16()
+        )));
     }
     Ok(v)
 }
@@ -327,11 +410,17 @@ async fn serve(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
     let store = open_store(&cfg)?;
     let listen = cfg.server.listen;
-    let broker = Broker::new(cfg, store, Arc::new(SystemClock)).await.map_err(failed)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| failed(format!("bind {listen}: {e}")))?;
+    let broker = Broker::new(cfg, store, Arc::new(SystemClock))
+        .await
+        .map_err(failed)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| failed(format!("bind {listen}: {e}")))?;
     let local = listener.local_addr().map_err(failed)?;
     tracing::info!(%local, issuer = broker.config().server.public_url, "broker listening");
-    firebreak_server::serve(broker, listener, shutdown_signal()).await.map_err(failed)
+    firebreak_server::serve(broker, listener, shutdown_signal())
+        .await
+        .map_err(failed)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -359,19 +448,27 @@ pub async fn shutdown_signal() {
 
 /// Decodes and explains a token; verifies it against `<broker>/jwks.json` when given.
 pub async fn inspect(token: &str, broker: Option<&str>, out: Output) -> Result<(), CliError> {
-    let jwt = UnverifiedJwt::parse(token, &firebreak_token::Limits::default()).map_err(|e| failed(format!("not a token Firebreak accepts: {e}")))?;
+    let jwt = UnverifiedJwt::parse(token, &firebreak_token::Limits::default())
+        .map_err(|e| failed(format!("not a token Firebreak accepts: {e}")))?;
     let verified: Result<String, String> = match broker {
         None => Err("not verified: no --broker or FIREBREAK_URL given".into()),
         Some(url) => {
             let url = url.trim_end_matches('/');
-            match Client::new().map_err(failed)?.get(&format!("{url}/jwks.json"), None).await {
+            match Client::new()
+                .map_err(failed)?
+                .get(&format!("{url}/jwks.json"), None)
+                .await
+            {
                 Err(e) => Err(format!("not verified: {e}")),
                 Ok(r) => match KeySet::from_jwks_json(&r.body) {
                     Err(e) => Err(format!("not verified: bad JWKS: {e}")),
                     Ok((set, _)) => match jwt.header().kid.as_deref().and_then(|k| set.get(k)) {
                         None => Err("NOT VERIFIED: no published key has this kid".into()),
                         Some(k) => match verify_signature(&jwt, k, &[k.alg()]) {
-                            Ok(()) => Ok(format!("signature verified with {url}/jwks.json key {}", k.kid())),
+                            Ok(()) => Ok(format!(
+                                "signature verified with {url}/jwks.json key {}",
+                                k.kid()
+                            )),
                             Err(e) => Err(format!("SIGNATURE INVALID: {e}")),
                         },
                     },
@@ -381,7 +478,12 @@ pub async fn inspect(token: &str, broker: Option<&str>, out: Output) -> Result<(
     };
     let now = firebreak_core::Clock::now(&SystemClock).as_secs();
     let claims = jwt.claims();
-    let time = |name: &str| claims.get(name).and_then(Value::as_i64).map(|t| format_rfc3339_millis(UnixTime::from_secs(t)));
+    let time = |name: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_i64)
+            .map(|t| format_rfc3339_millis(UnixTime::from_secs(t)))
+    };
     let v = json!({
         "header": { "alg": jwt.header().alg, "typ": jwt.header().typ, "kid": jwt.header().kid },
         "claims": claims,
@@ -400,7 +502,14 @@ pub async fn inspect(token: &str, broker: Option<&str>, out: Output) -> Result<(
             s.push_str(&format!("  {k:<10} {x}\n"));
         }
         if let (Some(i), Some(e)) = (time("iat"), time("exp")) {
-            s.push_str(&format!("issued {i}, expires {e}{}\n", if v["expired"] == true { " (EXPIRED)" } else { "" }));
+            s.push_str(&format!(
+                "issued {i}, expires {e}{}\n",
+                if v["expired"] == true {
+                    " (EXPIRED)"
+                } else {
+                    ""
+                }
+            ));
         }
         s.push_str(&format!("{}\n", v["verification"].as_str().unwrap_or("")));
         s

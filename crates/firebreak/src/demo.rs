@@ -25,7 +25,9 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 fn fail(step: &str, what: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("demo step '{step}' did not behave as expected: {what}"))
+    CliError::Failed(format!(
+        "demo step '{step}' did not behave as expected: {what}"
+    ))
 }
 
 /// The demo's stand-in for GitHub's OIDC issuer.
@@ -38,17 +40,29 @@ struct DemoIssuer {
 impl DemoIssuer {
     async fn start() -> Result<Self, CliError> {
         let key = SigningKey::generate(Algorithm::Es256).map_err(|e| fail("start issuer", e))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("start issuer", e))?;
-        let url = format!("http://{}", listener.local_addr().map_err(|e| fail("start issuer", e))?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| fail("start issuer", e))?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| fail("start issuer", e))?
+        );
         let discovery = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks.json") });
         let jwks = json!({ "keys": [key.public_key().to_jwk()] });
         let app = Router::new()
-            .route("/.well-known/openid-configuration", get(move || async move { axum::Json(discovery) }))
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { axum::Json(discovery) }),
+            )
             .route("/jwks.json", get(move || async move { axum::Json(jwks) }));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { url, key, clock: SystemClock })
+        Ok(Self {
+            url,
+            key,
+            clock: SystemClock,
+        })
     }
 
     /// A GitHub Actions-style ID token for `acme/api` on `git_ref`.
@@ -72,7 +86,9 @@ impl DemoIssuer {
             "nbf": now,
             "exp": now + 300,
         });
-        self.key.sign_jwt("JWT", &claims).map_err(|e| fail("mint", e))
+        self.key
+            .sign_jwt("JWT", &claims)
+            .map_err(|e| fail("mint", e))
     }
 }
 
@@ -82,7 +98,13 @@ fn date_in_days(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn demo_config(broker: &str, listen: &str, issuer: &str, data_dir: &str, client_secret: &str) -> String {
+fn demo_config(
+    broker: &str,
+    listen: &str,
+    issuer: &str,
+    data_dir: &str,
+    client_secret: &str,
+) -> String {
     format!(
         r#"[server]
 listen = "{listen}"
@@ -143,21 +165,42 @@ impl Narrator {
                 println!("   {line}");
             }
         }
-        self.steps.push(json!({ "step": self.n, "title": title, "detail": text }));
+        self.steps
+            .push(json!({ "step": self.n, "title": title, "detail": text }));
     }
 }
 
-async fn exchange(client: &Client, broker: &str, subject: &str, audience: &str, scope: Option<&str>) -> Result<Reply, CliError> {
-    let mut pairs = vec![("grant_type", EXCHANGE), ("subject_token", subject), ("subject_token_type", JWT_TYPE), ("audience", audience)];
+async fn exchange(
+    client: &Client,
+    broker: &str,
+    subject: &str,
+    audience: &str,
+    scope: Option<&str>,
+) -> Result<Reply, CliError> {
+    let mut pairs = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", audience),
+    ];
     if let Some(s) = scope {
         pairs.push(("scope", s));
     }
-    client.post_form(&format!("{broker}/oauth2/token"), &[], encode_pairs(pairs)).await.map_err(|e| fail("exchange", e))
+    client
+        .post_form(&format!("{broker}/oauth2/token"), &[], encode_pairs(pairs))
+        .await
+        .map_err(|e| fail("exchange", e))
 }
 
 fn basic(id: &str, secret: &str) -> (&'static str, String) {
     use base64::Engine as _;
-    ("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))))
+    (
+        "authorization",
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        ),
+    )
 }
 
 /// Runs the demo.
@@ -165,25 +208,43 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     let started = firebreak_core::clock::Stopwatch::start();
     let dir = tempfile::tempdir().map_err(|e| fail("temp dir", e))?;
     let issuer = DemoIssuer::start().await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("bind broker", e))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("bind broker", e))?;
     let addr = listener.local_addr().map_err(|e| fail("bind broker", e))?;
     let broker_url = format!("http://{addr}");
     let client_secret = random_b64url(24);
     let data_dir = dir.path().join("data");
     let config_path = dir.path().join("firebreak.toml");
-    let config_text = demo_config(&broker_url, &addr.to_string(), &issuer.url, &data_dir.display().to_string(), &client_secret);
+    let config_text = demo_config(
+        &broker_url,
+        &addr.to_string(),
+        &issuer.url,
+        &data_dir.display().to_string(),
+        &client_secret,
+    );
     std::fs::write(&config_path, &config_text).map_err(|e| fail("write config", e))?;
     let cfg = Config::load(&config_path)?;
     let store = open_store(&cfg)?;
-    let broker = Broker::new(cfg, store, Arc::new(SystemClock)).await.map_err(|e| fail("start broker", e))?;
+    let broker = Broker::new(cfg, store, Arc::new(SystemClock))
+        .await
+        .map_err(|e| fail("start broker", e))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(firebreak_server::serve(broker, listener, async {
         let _ = stop_rx.await;
     }));
     let client = Client::new().map_err(|e| fail("client", e))?;
-    let mut n = Narrator { out, steps: Vec::new(), n: 0 };
+    let mut n = Narrator {
+        out,
+        steps: Vec::new(),
+        n: 0,
+    };
     if out == Output::Human {
-        println!("Firebreak demo: broker {broker_url}, demo OIDC issuer {}, SQLite in {}", issuer.url, dir.path().display());
+        println!(
+            "Firebreak demo: broker {broker_url}, demo OIDC issuer {}, SQLite in {}",
+            issuer.url,
+            dir.path().display()
+        );
         println!("(the config it wrote: {})", config_path.display());
     }
 
@@ -196,9 +257,19 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     );
 
     // 2. Exchange.
-    let r = exchange(&client, &broker_url, &oidc, TOOL_AUDIENCE, Some("repo:read")).await?;
+    let r = exchange(
+        &client,
+        &broker_url,
+        &oidc,
+        TOOL_AUDIENCE,
+        Some("repo:read"),
+    )
+    .await?;
     if r.status != 200 {
-        return Err(fail("exchange", format!("status {} {}", r.status, r.json())));
+        return Err(fail(
+            "exchange",
+            format!("status {} {}", r.status, r.json()),
+        ));
     }
     let v = r.json();
     let access = v["access_token"].as_str().unwrap_or_default().to_owned();
@@ -214,20 +285,44 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
 
     // 3. Inspect.
     if out == Output::Human {
-        println!("\n{}. Inspect the issued token (signature checked against {broker_url}/jwks.json)", n.n + 1);
+        println!(
+            "\n{}. Inspect the issued token (signature checked against {broker_url}/jwks.json)",
+            n.n + 1
+        );
     }
-    crate::commands::inspect(&access, Some(&broker_url), if out == Output::Human { Output::Human } else { Output::Json })
-        .await
-        .map_err(|e| fail("inspect", e))?;
-    n.step("Inspected", "one audience, one tenant (acme), one environment (production), 5-minute lifetime");
+    crate::commands::inspect(
+        &access,
+        Some(&broker_url),
+        if out == Output::Human {
+            Output::Human
+        } else {
+            Output::Json
+        },
+    )
+    .await
+    .map_err(|e| fail("inspect", e))?;
+    n.step(
+        "Inspected",
+        "one audience, one tenant (acme), one environment (production), 5-minute lifetime",
+    );
 
     // 4. Replay refused.
-    let r = exchange(&client, &broker_url, &oidc, TOOL_AUDIENCE, Some("repo:read")).await?;
+    let r = exchange(
+        &client,
+        &broker_url,
+        &oidc,
+        TOOL_AUDIENCE,
+        Some("repo:read"),
+    )
+    .await?;
     let e = r.json();
     if r.status != 400 || e["error"] != "invalid_request" || e["error_description"] != "replay" {
         return Err(fail("replay", format!("{} {e}", r.status)));
     }
-    n.step("Replay: the same OIDC token again", &format!("→ {} {e}", r.status.as_u16()));
+    n.step(
+        "Replay: the same OIDC token again",
+        &format!("→ {} {e}", r.status.as_u16()),
+    );
 
     // 5. Wrong branch refused.
     let wrong = issuer.mint(&broker_url, "refs/heads/feature")?;
@@ -243,12 +338,22 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
 
     // 6. Scope escalation refused.
     let oidc2 = issuer.mint(&broker_url, "refs/heads/main")?;
-    let r = exchange(&client, &broker_url, &oidc2, TOOL_AUDIENCE, Some("repo:admin")).await?;
+    let r = exchange(
+        &client,
+        &broker_url,
+        &oidc2,
+        TOOL_AUDIENCE,
+        Some("repo:admin"),
+    )
+    .await?;
     let e = r.json();
     if r.status != 400 || e["error"] != "invalid_scope" {
         return Err(fail("scope", format!("{} {e}", r.status)));
     }
-    n.step("Scope escalation: asking for repo:admin, which is not granted", &format!("→ {} {e}", r.status.as_u16()));
+    n.step(
+        "Scope escalation: asking for repo:admin, which is not granted",
+        &format!("→ {} {e}", r.status.as_u16()),
+    );
 
     // 7. Introspection by the gateway (a registered client).
     let auth = basic("demo-gateway", &client_secret);
@@ -256,22 +361,34 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
         let client = client.clone();
         let url = format!("{broker_url}/oauth2/introspect");
         let auth = auth.clone();
-        async move { client.post_form(&url, &[auth], encode_pairs([("token", token.as_str())])).await }
+        async move {
+            client
+                .post_form(&url, &[auth], encode_pairs([("token", token.as_str())]))
+                .await
+        }
     };
-    let r = introspect(access.clone()).await.map_err(|e| fail("introspect", e))?;
+    let r = introspect(access.clone())
+        .await
+        .map_err(|e| fail("introspect", e))?;
     let iv = r.json();
     if iv["active"] != true {
         return Err(fail("introspect", iv));
     }
     n.step(
         "Introspect (RFC 7662) as the gateway client demo-gateway",
-        &format!("→ active=true sub={} sid={} scope={}", iv["sub"], iv["sid"], iv["scope"]),
+        &format!(
+            "→ active=true sub={} sid={} scope={}",
+            iv["sub"], iv["sid"], iv["scope"]
+        ),
     );
 
     // 8. Revoke: the agent revokes its own token with a token for the broker itself.
     let oidc3 = issuer.mint(&broker_url, "refs/heads/main")?;
     let r = exchange(&client, &broker_url, &oidc3, &broker_url, None).await?;
-    let self_token = r.json()["access_token"].as_str().unwrap_or_default().to_owned();
+    let self_token = r.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let r = client
         .post_form(
             &format!("{broker_url}/oauth2/revoke"),
@@ -283,27 +400,46 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     if r.status != 200 {
         return Err(fail("revoke", format!("{} {}", r.status, r.json())));
     }
-    n.step("Revoke (RFC 7009): the agent revokes its own token", "POST /oauth2/revoke → 200 (the session and any child sessions are revoked)");
+    n.step(
+        "Revoke (RFC 7009): the agent revokes its own token",
+        "POST /oauth2/revoke → 200 (the session and any child sessions are revoked)",
+    );
 
     // 9. Introspection now says inactive.
-    let r = introspect(access.clone()).await.map_err(|e| fail("introspect after revoke", e))?;
+    let r = introspect(access.clone())
+        .await
+        .map_err(|e| fail("introspect after revoke", e))?;
     let iv = r.json();
     if iv != json!({ "active": false }) {
         return Err(fail("introspect after revoke", iv));
     }
-    n.step("Introspect again", &format!("→ {iv}: revoked tokens, unknown tokens and expired tokens all look the same"));
+    n.step(
+        "Introspect again",
+        &format!("→ {iv}: revoked tokens, unknown tokens and expired tokens all look the same"),
+    );
 
     let secs = started.elapsed_secs();
     match out {
         Output::Human => {
             let mut s = String::new();
-            let _ = write!(s, "\nDemo finished in {secs:.1}s: every step behaved as described.");
+            let _ = write!(
+                s,
+                "\nDemo finished in {secs:.1}s: every step behaved as described."
+            );
             println!("{s}");
         }
-        Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "ok": true, "seconds": secs, "steps": n.steps })).unwrap_or_default()),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "ok": true, "seconds": secs, "steps": n.steps }))
+                .unwrap_or_default()
+        ),
     }
     if keep {
-        println!("\nStill running (Ctrl-C to stop):\n  broker  {broker_url}\n  issuer  {}\n  config  {}", issuer.url, config_path.display());
+        println!(
+            "\nStill running (Ctrl-C to stop):\n  broker  {broker_url}\n  issuer  {}\n  config  {}",
+            issuer.url,
+            config_path.display()
+        );
         crate::commands::shutdown_signal().await;
     }
     let _ = stop_tx.send(());

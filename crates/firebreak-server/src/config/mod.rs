@@ -28,7 +28,13 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(l) => write!(f, "{}:{l}: {}: {}", self.file.display(), self.rule, self.reason),
+            Some(l) => write!(
+                f,
+                "{}:{l}: {}: {}",
+                self.file.display(),
+                self.rule,
+                self.reason
+            ),
             None => write!(f, "{}: {}: {}", self.file.display(), self.rule, self.reason),
         }
     }
@@ -439,7 +445,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn err(&self, rule: impl Into<String>, needle: Option<&str>, reason: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        rule: impl Into<String>,
+        needle: Option<&str>,
+        reason: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_owned(),
             line: needle.and_then(|n| self.line_of(n)),
@@ -462,13 +473,21 @@ impl Checker<'_> {
 }
 
 fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
     host == "127.0.0.1" || host == "localhost" || host == "[::1]"
 }
 
-fn check_url(c: &Checker<'_>, rule: &str, id: &str, url: &str, allow_http: bool) -> Result<(), ConfigError> {
+fn check_url(
+    c: &Checker<'_>,
+    rule: &str,
+    id: &str,
+    url: &str,
+    allow_http: bool,
+) -> Result<(), ConfigError> {
     if url.starts_with("https://") {
         return Ok(());
     }
@@ -510,7 +529,10 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let c = Checker { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text.get(..s.start).map_or(1, |t| t.matches('\n').count() + 1));
+            let line = e.span().map(|s| {
+                text.get(..s.start)
+                    .map_or(1, |t| t.matches('\n').count() + 1)
+            });
             ConfigError {
                 file: path.to_owned(),
                 line,
@@ -523,9 +545,19 @@ impl Config {
 
         // [server]
         let public_url = raw.server.public_url.trim_end_matches('/').to_owned();
-        check_url(&c, "server.public_url", "", &public_url, raw.server.danger_allow_http)?;
+        check_url(
+            &c,
+            "server.public_url",
+            "",
+            &public_url,
+            raw.server.danger_allow_http,
+        )?;
         if matches!(raw.server.signing_alg, Algorithm::Rs256) {
-            return Err(c.err("server.signing_alg", None, "issued tokens are signed with EdDSA or ES256"));
+            return Err(c.err(
+                "server.signing_alg",
+                None,
+                "issued tokens are signed with EdDSA or ES256",
+            ));
         }
         let data_dir = base.join(&raw.server.data_dir);
         let server = ServerConfig {
@@ -535,7 +567,10 @@ impl Config {
             signing_alg: raw.server.signing_alg,
         };
         let store = StoreConfig {
-            url: raw.store.url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("firebreak.db").display())),
+            url: raw
+                .store
+                .url
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("firebreak.db").display())),
             key_encryption_key_file: raw.store.key_encryption_key_file.map(|p| base.join(p)),
         };
 
@@ -545,10 +580,18 @@ impl Config {
             return Err(c.err("limits.leeway", None, format!("{} is above the 60s maximum: clock skew that large hides replayed and expired tokens", l.leeway)));
         }
         if l.default_ttl > l.max_ttl || l.default_ttl.as_millis() < 1000 {
-            return Err(c.err("limits.default_ttl", None, "must be at least 1s and at most limits.max_ttl"));
+            return Err(c.err(
+                "limits.default_ttl",
+                None,
+                "must be at least 1s and at most limits.max_ttl",
+            ));
         }
         if !(1024..=65_536).contains(&l.max_token_bytes) {
-            return Err(c.err("limits.max_token_bytes", None, "must be between 1024 and 65536"));
+            return Err(c.err(
+                "limits.max_token_bytes",
+                None,
+                "must be between 1024 and 65536",
+            ));
         }
         if l.max_act_depth > 16 {
             return Err(c.err("limits.max_act_depth", None, "must be at most 16"));
@@ -570,7 +613,11 @@ impl Config {
                 return Err(c.err(rule, Some(&ri.id), "duplicate issuer id"));
             }
             if ri.url == public_url {
-                return Err(c.err(rule, Some(&ri.id), "an issuer cannot share the broker's public_url"));
+                return Err(c.err(
+                    rule,
+                    Some(&ri.id),
+                    "an issuer cannot share the broker's public_url",
+                ));
             }
             check_url(&c, &rule, &ri.id, &ri.url, ri.danger_allow_http)?;
             if let Some(j) = &ri.jwks_uri {
@@ -580,7 +627,11 @@ impl Config {
                 return Err(c.err(rule, Some(&ri.id), "audience is required: without it any token this issuer mints for anyone would be accepted"));
             };
             if ri.algorithms.is_empty() {
-                return Err(c.err(rule, Some(&ri.id), "algorithms must list at least one of RS256, ES256, EdDSA"));
+                return Err(c.err(
+                    rule,
+                    Some(&ri.id),
+                    "algorithms must list at least one of RS256, ES256, EdDSA",
+                ));
             }
             let mut algorithms = Vec::new();
             for a in &ri.algorithms {
@@ -606,41 +657,85 @@ impl Config {
         let mut targets: Vec<Target> = Vec::new();
         for rt in raw.targets {
             let rule = format!("target {:?}", rt.id);
-            let id = TargetId::try_from(rt.id.clone()).map_err(|e| c.err(&rule, Some(&rt.id), e.to_string()))?;
+            let id = TargetId::try_from(rt.id.clone())
+                .map_err(|e| c.err(&rule, Some(&rt.id), e.to_string()))?;
             if rt.id == BROKER_TARGET {
-                return Err(c.err(rule, Some(&rt.id), "the id \"firebreak\" is the broker's built-in target"));
+                return Err(c.err(
+                    rule,
+                    Some(&rt.id),
+                    "the id \"firebreak\" is the broker's built-in target",
+                ));
             }
             if targets.iter().any(|t| t.id == id) {
                 return Err(c.err(rule, Some(&rt.id), "duplicate target id"));
             }
             if targets.iter().any(|t| t.audience == rt.audience) || rt.audience == public_url {
-                return Err(c.err(rule, Some(&rt.id), format!("audience {:?} is already used: one audience is one target", rt.audience)));
+                return Err(c.err(
+                    rule,
+                    Some(&rt.id),
+                    format!(
+                        "audience {:?} is already used: one audience is one target",
+                        rt.audience
+                    ),
+                ));
             }
             if !rt.audience.contains("://") || rt.audience.contains('#') {
-                return Err(c.err(rule, Some(&rt.id), "audience must be an absolute URI without a fragment"));
+                return Err(c.err(
+                    rule,
+                    Some(&rt.id),
+                    "audience must be an absolute URI without a fragment",
+                ));
             }
             for (field, v) in [("tenant", &rt.tenant), ("environment", &rt.environment)] {
                 if v.is_empty() || v.contains([',', '*', ' ']) {
-                    return Err(c.err(&rule, Some(&rt.id), format!("{field} must name exactly one {field} (no lists, no wildcards)")));
+                    return Err(c.err(
+                        &rule,
+                        Some(&rt.id),
+                        format!("{field} must name exactly one {field} (no lists, no wildcards)"),
+                    ));
                 }
             }
             if tier_rank(&rt.tier).is_none() {
-                return Err(c.err(rule, Some(&rt.id), format!("tier must be one of {TIERS:?}: one target is one tier")));
+                return Err(c.err(
+                    rule,
+                    Some(&rt.id),
+                    format!("tier must be one of {TIERS:?}: one target is one tier"),
+                ));
             }
             let max_ttl = rt.max_ttl.unwrap_or(limits.default_ttl);
             if max_ttl > limits.max_ttl {
-                return Err(c.err(rule, Some(&rt.id), format!("max_ttl {max_ttl} is above limits.max_ttl {}", limits.max_ttl)));
+                return Err(c.err(
+                    rule,
+                    Some(&rt.id),
+                    format!(
+                        "max_ttl {max_ttl} is above limits.max_ttl {}",
+                        limits.max_ttl
+                    ),
+                ));
             }
             if max_ttl.as_millis() < 1000 {
                 return Err(c.err(rule, Some(&rt.id), "max_ttl must be at least 1s"));
             }
-            targets.push(Target { id, audience: rt.audience, kind: rt.kind, tenant: rt.tenant, environment: rt.environment, tier: rt.tier, max_ttl });
+            targets.push(Target {
+                id,
+                audience: rt.audience,
+                kind: rt.kind,
+                tenant: rt.tenant,
+                environment: rt.environment,
+                tier: rt.tier,
+                max_ttl,
+            });
         }
         if targets.iter().any(|t| t.kind == TargetKind::Broker) {
-            return Err(c.err("target", None, "kind \"broker\" is reserved for the built-in target"));
+            return Err(c.err(
+                "target",
+                None,
+                "kind \"broker\" is reserved for the built-in target",
+            ));
         }
         targets.push(Target {
-            id: TargetId::try_from(BROKER_TARGET).map_err(|e| c.err("target", None, e.to_string()))?,
+            id: TargetId::try_from(BROKER_TARGET)
+                .map_err(|e| c.err("target", None, e.to_string()))?,
             audience: public_url.clone(),
             kind: TargetKind::Broker,
             tenant: String::new(),
@@ -653,7 +748,8 @@ impl Config {
         let mut agents: Vec<Agent> = Vec::new();
         for ra in raw.agents {
             let rule = format!("agent {:?}", ra.id);
-            let id = AgentId::try_from(ra.id.clone()).map_err(|e| c.err(&rule, Some(&ra.id), e.to_string()))?;
+            let id = AgentId::try_from(ra.id.clone())
+                .map_err(|e| c.err(&rule, Some(&ra.id), e.to_string()))?;
             if agents.iter().any(|a| a.id == id) {
                 return Err(c.err(rule, Some(&ra.id), "duplicate agent id"));
             }
@@ -662,52 +758,112 @@ impl Config {
                 (Some(_), None) => parse_date(&expires_text),
                 _ => None,
             }
-            .ok_or_else(|| c.err(&rule, Some(&ra.id), format!("expires must be a date like 2027-06-30, not {expires_text:?}")))?;
-            for (field, v) in [("owner", &ra.owner), ("purpose", &ra.purpose), ("tenant", &ra.tenant), ("environment", &ra.environment)] {
+            .ok_or_else(|| {
+                c.err(
+                    &rule,
+                    Some(&ra.id),
+                    format!("expires must be a date like 2027-06-30, not {expires_text:?}"),
+                )
+            })?;
+            for (field, v) in [
+                ("owner", &ra.owner),
+                ("purpose", &ra.purpose),
+                ("tenant", &ra.tenant),
+                ("environment", &ra.environment),
+            ] {
                 if v.trim().is_empty() {
                     return Err(c.err(&rule, Some(&ra.id), format!("{field} is required")));
                 }
             }
             if ra.environment.contains([',', '*', ' ']) || ra.tenant.contains([',', '*', ' ']) {
-                return Err(c.err(rule, Some(&ra.id), "an agent lives in exactly one tenant and one environment"));
+                return Err(c.err(
+                    rule,
+                    Some(&ra.id),
+                    "an agent lives in exactly one tenant and one environment",
+                ));
             }
             if tier_rank(&ra.tier).is_none() {
                 return Err(c.err(rule, Some(&ra.id), format!("tier must be one of {TIERS:?}")));
             }
-            let issuer = issuers.iter().find(|i| i.id == ra.identity.issuer).ok_or_else(|| {
-                c.err(&rule, Some(&ra.id), format!("identity.issuer {:?} is not a configured [[issuer]]", ra.identity.issuer))
-            })?;
+            let issuer = issuers
+                .iter()
+                .find(|i| i.id == ra.identity.issuer)
+                .ok_or_else(|| {
+                    c.err(
+                        &rule,
+                        Some(&ra.id),
+                        format!(
+                            "identity.issuer {:?} is not a configured [[issuer]]",
+                            ra.identity.issuer
+                        ),
+                    )
+                })?;
             let identity = check_identity(&c, &rule, &ra.id, issuer, ra.identity, &mut warnings)?;
             let mut grants = HashMap::new();
             for g in ra.grants {
                 let Some(t) = targets.iter().find(|t| t.id.as_str() == g.target) else {
-                    return Err(c.err(&rule, Some(&ra.id), format!("grant for unknown target {:?}", g.target)));
+                    return Err(c.err(
+                        &rule,
+                        Some(&ra.id),
+                        format!("grant for unknown target {:?}", g.target),
+                    ));
                 };
-                if t.kind != TargetKind::Broker && (t.tenant != ra.tenant || t.environment != ra.environment) {
+                if t.kind != TargetKind::Broker
+                    && (t.tenant != ra.tenant || t.environment != ra.environment)
+                {
                     return Err(c.err(&rule, Some(&ra.id), format!("grant for target {:?} in {}/{}, but the agent is in {}/{}: one token, one environment", t.id, t.tenant, t.environment, ra.tenant, ra.environment)));
                 }
                 let mut scopes = Vec::new();
                 for s in g.scopes {
                     if !crate::scope::is_scope_token(&s) {
-                        return Err(c.err(&rule, Some(&ra.id), format!("scope {s:?} is not an RFC 6749 scope token")));
+                        return Err(c.err(
+                            &rule,
+                            Some(&ra.id),
+                            format!("scope {s:?} is not an RFC 6749 scope token"),
+                        ));
                     }
                     if !scopes.contains(&s) {
                         scopes.push(s);
                     }
                 }
                 if grants.insert(t.id.clone(), scopes).is_some() {
-                    return Err(c.err(&rule, Some(&ra.id), format!("two grants for target {:?}", g.target)));
+                    return Err(c.err(
+                        &rule,
+                        Some(&ra.id),
+                        format!("two grants for target {:?}", g.target),
+                    ));
                 }
             }
-            let agent = Agent { id, owner: ra.owner, purpose: ra.purpose, expires, tenant: ra.tenant, environment: ra.environment, tier: ra.tier, identity, grants, expires_text };
+            let agent = Agent {
+                id,
+                owner: ra.owner,
+                purpose: ra.purpose,
+                expires,
+                tenant: ra.tenant,
+                environment: ra.environment,
+                tier: ra.tier,
+                identity,
+                grants,
+                expires_text,
+            };
             for t in agent.grants.keys() {
                 if let Some(t) = targets.iter().find(|x| &x.id == t) {
                     if !agent.tier_allows(&t.tier) && t.kind != TargetKind::Broker {
-                        return Err(c.err(&rule, Some(agent.id.as_str()), format!("grant for target {:?} of tier {:?} above the agent's tier {:?}", t.id, t.tier, agent.tier)));
+                        return Err(c.err(
+                            &rule,
+                            Some(agent.id.as_str()),
+                            format!(
+                                "grant for target {:?} of tier {:?} above the agent's tier {:?}",
+                                t.id, t.tier, agent.tier
+                            ),
+                        ));
                     }
                 }
             }
-            if let Some(other) = agents.iter().find(|o| identities_overlap(&o.identity, &agent.identity)) {
+            if let Some(other) = agents
+                .iter()
+                .find(|o| identities_overlap(&o.identity, &agent.identity))
+            {
                 return Err(c.err(rule, Some(agent.id.as_str()), format!("its identity rule could match the same token as agent {:?}: add a claim that tells them apart", other.id)));
             }
             agents.push(agent);
@@ -718,23 +874,47 @@ impl Config {
         for rc in raw.clients {
             let rule = format!("client {:?}", rc.id);
             if rc.id.is_empty() || rc.id.contains(':') {
-                return Err(c.err(rule, Some(&rc.id), "client id must be non-empty and without ':'"));
+                return Err(c.err(
+                    rule,
+                    Some(&rc.id),
+                    "client id must be non-empty and without ':'",
+                ));
             }
             if clients.iter().any(|x| x.id == rc.id) {
                 return Err(c.err(rule, Some(&rc.id), "duplicate client id"));
             }
-            let secret_sha256 = decode_hex32(&rc.secret_sha256)
-                .ok_or_else(|| c.err(&rule, Some(&rc.id), "secret_sha256 must be 64 hex characters (sha256 of the secret)"))?;
+            let secret_sha256 = decode_hex32(&rc.secret_sha256).ok_or_else(|| {
+                c.err(
+                    &rule,
+                    Some(&rc.id),
+                    "secret_sha256 must be 64 hex characters (sha256 of the secret)",
+                )
+            })?;
             if rc.roles.is_empty() {
                 return Err(c.err(rule, Some(&rc.id), "roles must list at least one role"));
             }
             if rc.roles.contains(&Role::Introspect) && rc.audiences.is_empty() {
                 return Err(c.err(rule, Some(&rc.id), "a client with role introspect must list the audiences it serves (audiences = [...])"));
             }
-            clients.push(Client { id: rc.id, secret_sha256, roles: rc.roles, audiences: rc.audiences });
+            clients.push(Client {
+                id: rc.id,
+                secret_sha256,
+                roles: rc.roles,
+                audiences: rc.audiences,
+            });
         }
 
-        Ok(Config { file: path.to_owned(), server, store, limits, issuers, agents, targets, clients, warnings })
+        Ok(Config {
+            file: path.to_owned(),
+            server,
+            store,
+            limits,
+            issuers,
+            agents,
+            targets,
+            clients,
+            warnings,
+        })
     }
 
     /// The target with this audience.
@@ -777,7 +957,11 @@ fn check_identity(
     let rule = format!("{rule} identity");
     for (k, v) in &ri.claims {
         if k == "aud" || k == "iss" {
-            return Err(c.err(&rule, Some(id), format!("claim {k:?} is checked by the issuer; a rule on it adds nothing")));
+            return Err(c.err(
+                &rule,
+                Some(id),
+                format!("claim {k:?} is checked by the issuer; a rule on it adds nothing"),
+            ));
         }
         if v.is_empty() || looks_like_pattern(v) {
             return Err(c.err(&rule, Some(id), format!("claim {k} = {v:?}: values are matched exactly; wildcards and patterns are refused")));
@@ -790,7 +974,11 @@ fn check_identity(
     match issuer.profile {
         Profile::GithubActions => {
             if !has("repository") && !has("repository_id") && !has("sub") {
-                return Err(c.err(&rule, Some(id), "a github-actions rule must pin repository (or repository_id)"));
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    "a github-actions rule must pin repository (or repository_id)",
+                ));
             }
             if let Some(sub) = ri.claims.get("sub") {
                 if !sub.starts_with("repo:") || sub.split(':').count() < 3 {
@@ -798,18 +986,30 @@ fn check_identity(
                 }
             }
             if has("repository_owner") && !has("repository") && !has("repository_id") {
-                return Err(c.err(&rule, Some(id), "repository_owner alone admits every repository of the owner; pin repository"));
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    "repository_owner alone admits every repository of the owner; pin repository",
+                ));
             }
             if let Some(r) = ri.claims.get("repository") {
                 if !r.contains('/') {
-                    return Err(c.err(&rule, Some(id), format!("repository {r:?} must be owner/name")));
+                    return Err(c.err(
+                        &rule,
+                        Some(id),
+                        format!("repository {r:?} must be owner/name"),
+                    ));
                 }
             }
             if !has("repository_id") {
                 warnings.push(format!("{}: {rule}: pinned by repository name but not repository_id; names can be recycled", c.file.display()));
             }
             if ri.events.is_empty() {
-                return Err(c.err(&rule, Some(id), "a github-actions rule must list the events it accepts (events = [\"push\"])"));
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    "a github-actions rule must list the events it accepts (events = [\"push\"])",
+                ));
             }
             for e in &ri.events {
                 if GITHUB_PWN_EVENTS.contains(&e.as_str()) && !ri.allow_pull_request_target {
@@ -819,16 +1019,26 @@ fn check_identity(
         }
         Profile::Gitlab => {
             if !has("project_path") && !has("project_id") {
-                return Err(c.err(&rule, Some(id), "a gitlab rule must pin project_path (or project_id)"));
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    "a gitlab rule must pin project_path (or project_id)",
+                ));
             }
         }
         Profile::Kubernetes => {
             let sub_ok = ri.claims.get("sub").is_some_and(|s| {
                 let parts: Vec<&str> = s.split(':').collect();
-                parts.len() == 4 && parts.first() == Some(&"system") && parts.get(1) == Some(&"serviceaccount")
+                parts.len() == 4
+                    && parts.first() == Some(&"system")
+                    && parts.get(1) == Some(&"serviceaccount")
             });
             if !sub_ok {
-                return Err(c.err(&rule, Some(id), "a kubernetes rule must pin sub = \"system:serviceaccount:<namespace>:<name>\""));
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    "a kubernetes rule must pin sub = \"system:serviceaccount:<namespace>:<name>\"",
+                ));
             }
         }
         Profile::Generic => {
@@ -838,9 +1048,17 @@ fn check_identity(
         }
     }
     if issuer.profile != Profile::GithubActions && !ri.events.is_empty() {
-        return Err(c.err(&rule, Some(id), "events apply to github-actions issuers only"));
+        return Err(c.err(
+            &rule,
+            Some(id),
+            "events apply to github-actions issuers only",
+        ));
     }
-    Ok(Identity { issuer: ri.issuer, claims: ri.claims, events: ri.events })
+    Ok(Identity {
+        issuer: ri.issuer,
+        claims: ri.claims,
+        events: ri.events,
+    })
 }
 
 /// Whether one token could satisfy both rules: same issuer, equal values on every shared claim,
@@ -849,7 +1067,10 @@ fn identities_overlap(a: &Identity, b: &Identity) -> bool {
     if a.issuer != b.issuer {
         return false;
     }
-    let claims_compatible = a.claims.iter().all(|(k, v)| b.claims.get(k).is_none_or(|w| w == v));
+    let claims_compatible = a
+        .claims
+        .iter()
+        .all(|(k, v)| b.claims.get(k).is_none_or(|w| w == v));
     let events_compatible =
         a.events.is_empty() || b.events.is_empty() || a.events.iter().any(|e| b.events.contains(e));
     claims_compatible && events_compatible

@@ -66,19 +66,58 @@ fn a_good_config_loads() {
 #[test]
 fn x01_too_broad_trust_rules_refused() {
     let cases = [
-        (r#"{ issuer = "github", claims = { sub = "repo:org/*" }, events = ["push"] }"#, "wildcards"),
-        (r#"{ issuer = "github", claims = { repository = "org/*" }, events = ["push"] }"#, "wildcards"),
-        (r#"{ issuer = "github", claims = { repository = "*" }, events = ["push"] }"#, "wildcards"),
-        (r#"{ issuer = "github", claims = { repository = ".*" }, events = ["push"] }"#, "wildcards"),
-        (r#"{ issuer = "github", claims = { }, events = ["push"] }"#, "audience alone"),
-        (r#"{ issuer = "github", claims = { aud = "https://fb.acme.example" }, events = ["push"] }"#, "checked by the issuer"),
-        (r#"{ issuer = "github", claims = { repository_owner = "acme" }, events = ["push"] }"#, "pin repository"),
-        (r#"{ issuer = "github", claims = { repository = "acme/api" } }"#, "events"),
-        (r#"{ issuer = "gitlab", claims = { project_path = "group/*" } }"#, "wildcards"),
-        (r#"{ issuer = "gitlab", claims = { ref = "main" } }"#, "project_path"),
-        (r#"{ issuer = "k8s", claims = { aud = "x" } }"#, "checked by the issuer"),
-        (r#"{ issuer = "k8s", claims = { sub = "system:serviceaccount:ns" } }"#, "serviceaccount"),
-        (r#"{ issuer = "idp", claims = { email = "a@b" } }"#, "pin sub"),
+        (
+            r#"{ issuer = "github", claims = { sub = "repo:org/*" }, events = ["push"] }"#,
+            "wildcards",
+        ),
+        (
+            r#"{ issuer = "github", claims = { repository = "org/*" }, events = ["push"] }"#,
+            "wildcards",
+        ),
+        (
+            r#"{ issuer = "github", claims = { repository = "*" }, events = ["push"] }"#,
+            "wildcards",
+        ),
+        (
+            r#"{ issuer = "github", claims = { repository = ".*" }, events = ["push"] }"#,
+            "wildcards",
+        ),
+        (
+            r#"{ issuer = "github", claims = { }, events = ["push"] }"#,
+            "audience alone",
+        ),
+        (
+            r#"{ issuer = "github", claims = { aud = "https://fb.acme.example" }, events = ["push"] }"#,
+            "checked by the issuer",
+        ),
+        (
+            r#"{ issuer = "github", claims = { repository_owner = "acme" }, events = ["push"] }"#,
+            "pin repository",
+        ),
+        (
+            r#"{ issuer = "github", claims = { repository = "acme/api" } }"#,
+            "events",
+        ),
+        (
+            r#"{ issuer = "gitlab", claims = { project_path = "group/*" } }"#,
+            "wildcards",
+        ),
+        (
+            r#"{ issuer = "gitlab", claims = { ref = "main" } }"#,
+            "project_path",
+        ),
+        (
+            r#"{ issuer = "k8s", claims = { aud = "x" } }"#,
+            "checked by the issuer",
+        ),
+        (
+            r#"{ issuer = "k8s", claims = { sub = "system:serviceaccount:ns" } }"#,
+            "serviceaccount",
+        ),
+        (
+            r#"{ issuer = "idp", claims = { email = "a@b" } }"#,
+            "pin sub",
+        ),
     ];
     for (identity, why) in cases {
         let e = load(&agent("bot", identity)).unwrap_err();
@@ -87,17 +126,42 @@ fn x01_too_broad_trust_rules_refused() {
         assert_eq!(e.line, Some(43), "{e}");
     }
     // Two agents whose rules could both match one token.
-    let a = agent("a", r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1" }, events = ["push"] }"#);
-    let b = agent("b", r#"{ issuer = "github", claims = { repository = "acme/api", ref = "refs/heads/main" }, events = ["push", "workflow_dispatch"] }"#);
+    let a = agent(
+        "a",
+        r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1" }, events = ["push"] }"#,
+    );
+    let b = agent(
+        "b",
+        r#"{ issuer = "github", claims = { repository = "acme/api", ref = "refs/heads/main" }, events = ["push", "workflow_dispatch"] }"#,
+    );
     let e = load(&format!("{a}{b}")).unwrap_err();
-    assert!(e.reason.contains("could match the same token as agent"), "{e}");
+    assert!(
+        e.reason.contains("could match the same token as agent"),
+        "{e}"
+    );
     // Positive twins: the same pair told apart by ref; and a name-only pin loads with a warning.
-    let b2 = agent("b", r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1", ref = "refs/heads/release" }, events = ["push"] }"#);
-    let a2 = agent("a", r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1", ref = "refs/heads/main" }, events = ["push"] }"#);
+    let b2 = agent(
+        "b",
+        r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1", ref = "refs/heads/release" }, events = ["push"] }"#,
+    );
+    let a2 = agent(
+        "a",
+        r#"{ issuer = "github", claims = { repository = "acme/api", repository_id = "1", ref = "refs/heads/main" }, events = ["push"] }"#,
+    );
     assert!(load(&format!("{a2}{b2}")).is_ok());
-    let c = load(&agent("n", r#"{ issuer = "github", claims = { repository = "acme/api" }, events = ["push"] }"#)).unwrap();
+    let c = load(&agent(
+        "n",
+        r#"{ issuer = "github", claims = { repository = "acme/api" }, events = ["push"] }"#,
+    ))
+    .unwrap();
     assert!(c.warnings.iter().any(|w| w.contains("repository_id")));
-    assert!(load(&agent("k", r#"{ issuer = "k8s", claims = { sub = "system:serviceaccount:ns:sa" } }"#)).is_ok());
+    assert!(
+        load(&agent(
+            "k",
+            r#"{ issuer = "k8s", claims = { sub = "system:serviceaccount:ns:sa" } }"#
+        ))
+        .is_ok()
+    );
 }
 
 /// SECURITY-TESTS.md X02 (config part): fork-controlled events need an explicit opt-in.
@@ -111,9 +175,19 @@ fn x02_pull_request_target_needs_opt_in() {
 /// SECURITY-TESTS.md T12 (config part): a leeway above 60 s is refused at load.
 #[test]
 fn t12_leeway_above_cap_refused() {
-    let e = Config::parse(Path::new("f.toml"), &format!("{BASE}\n[limits]\nleeway = \"120s\"\n")).unwrap_err();
+    let e = Config::parse(
+        Path::new("f.toml"),
+        &format!("{BASE}\n[limits]\nleeway = \"120s\"\n"),
+    )
+    .unwrap_err();
     assert_eq!(e.rule, "limits.leeway");
-    assert!(Config::parse(Path::new("f.toml"), &format!("{BASE}\n[limits]\nleeway = \"60s\"\n")).is_ok());
+    assert!(
+        Config::parse(
+            Path::new("f.toml"),
+            &format!("{BASE}\n[limits]\nleeway = \"60s\"\n")
+        )
+        .is_ok()
+    );
 }
 
 /// SECURITY-TESTS.md X07 (config part): a target max_ttl above the cap is refused at load.
@@ -127,37 +201,86 @@ fn x07_max_ttl_above_cap_refused() {
 /// SECURITY-TESTS.md X09 (config part): a target or agent spanning environments or tiers.
 #[test]
 fn x09_spanning_environments_or_tiers_refused() {
-    for (from, to) in [("environment = \"production\"", "environment = \"production,staging\""), ("tier = \"write\"", "tier = \"read,write\""), ("environment = \"production\"", "environment = \"*\"")] {
+    for (from, to) in [
+        (
+            "environment = \"production\"",
+            "environment = \"production,staging\"",
+        ),
+        ("tier = \"write\"", "tier = \"read,write\""),
+        ("environment = \"production\"", "environment = \"*\""),
+    ] {
         let text = BASE.replacen(from, to, 1);
         assert!(Config::parse(Path::new("f.toml"), &text).is_err(), "{to}");
     }
-    let a = agent("bot", GOOD_GH).replace("environment = \"production\"", "environment = \"prod staging\"");
+    let a = agent("bot", GOOD_GH).replace(
+        "environment = \"production\"",
+        "environment = \"prod staging\"",
+    );
     assert!(load(&a).is_err());
     // A grant for a target in another environment is refused too.
     let staging = "\n[[target]]\nid = \"st\"\naudience = \"https://gw/st\"\nkind = \"http\"\ntenant = \"acme\"\nenvironment = \"staging\"\ntier = \"write\"\n";
-    let a = format!("{staging}{}grants = [{{ target = \"st\", scopes = [\"r\"] }}]\n", agent("bot", GOOD_GH));
+    let a = format!(
+        "{staging}{}grants = [{{ target = \"st\", scopes = [\"r\"] }}]\n",
+        agent("bot", GOOD_GH)
+    );
     let e = load(&a).unwrap_err();
     assert!(e.reason.contains("one token, one environment"), "{e}");
 }
 
 #[test]
 fn issuer_rules_refused() {
-    let no_aud = BASE.replacen("audience = \"https://fb.acme.example\"\nprofile = \"github-actions\"", "profile = \"github-actions\"", 1);
-    assert!(Config::parse(Path::new("f"), &no_aud).unwrap_err().reason.contains("audience is required"));
+    let no_aud = BASE.replacen(
+        "audience = \"https://fb.acme.example\"\nprofile = \"github-actions\"",
+        "profile = \"github-actions\"",
+        1,
+    );
+    assert!(
+        Config::parse(Path::new("f"), &no_aud)
+            .unwrap_err()
+            .reason
+            .contains("audience is required")
+    );
     for alg in ["none", "HS256", "PS256"] {
-        let t = BASE.replacen("algorithms = [\"RS256\"]", &format!("algorithms = [\"{alg}\"]"), 1);
-        assert!(Config::parse(Path::new("f"), &t).unwrap_err().reason.contains("not allowed"), "{alg}");
+        let t = BASE.replacen(
+            "algorithms = [\"RS256\"]",
+            &format!("algorithms = [\"{alg}\"]"),
+            1,
+        );
+        assert!(
+            Config::parse(Path::new("f"), &t)
+                .unwrap_err()
+                .reason
+                .contains("not allowed"),
+            "{alg}"
+        );
     }
-    let http = BASE.replacen("https://token.actions.githubusercontent.com", "http://token.example", 1);
-    assert!(Config::parse(Path::new("f"), &http).unwrap_err().reason.contains("https://"));
+    let http = BASE.replacen(
+        "https://token.actions.githubusercontent.com",
+        "http://token.example",
+        1,
+    );
+    assert!(
+        Config::parse(Path::new("f"), &http)
+            .unwrap_err()
+            .reason
+            .contains("https://")
+    );
 }
 
 #[test]
 fn syntax_and_unknown_fields_name_the_line() {
-    let e = Config::parse(Path::new("f.toml"), &format!("{BASE}\n[policy]\ndir = \"p\"\n")).unwrap_err();
+    let e = Config::parse(
+        Path::new("f.toml"),
+        &format!("{BASE}\n[policy]\ndir = \"p\"\n"),
+    )
+    .unwrap_err();
     assert_eq!(e.rule, "syntax");
     assert!(e.line.is_some());
-    let e = Config::parse(Path::new("f.toml"), "[server]\npublic_url = \"https://x\"\ndata_dir = \"d\"\nbogus = 1\n").unwrap_err();
+    let e = Config::parse(
+        Path::new("f.toml"),
+        "[server]\npublic_url = \"https://x\"\ndata_dir = \"d\"\nbogus = 1\n",
+    )
+    .unwrap_err();
     assert_eq!(e.line, Some(4), "{e}");
     assert!(e.to_string().starts_with("f.toml:4: syntax:"), "{e}");
 }

@@ -113,7 +113,11 @@ impl Harness {
     }
 
     /// Starts a broker; `dir`/`issuer` reuse a previous harness's data and issuer (restart).
-    pub async fn start_with(extra: &str, dir: Option<Arc<tempfile::TempDir>>, issuer: Option<TestIssuer>) -> Self {
+    pub async fn start_with(
+        extra: &str,
+        dir: Option<Arc<tempfile::TempDir>>,
+        issuer: Option<TestIssuer>,
+    ) -> Self {
         let issuer = match issuer {
             Some(i) => i,
             None => TestIssuer::start(Algorithm::Es256).await,
@@ -128,13 +132,29 @@ impl Harness {
         let config = Config::load(&path).unwrap();
         let store = Arc::new(SqliteStore::open(&data.join("firebreak.db")).unwrap());
         let clock = ManualClock::new(SystemClock.now());
-        let broker = Broker::new(config, store, Arc::new(clock.clone())).await.unwrap();
+        let broker = Broker::new(config, store, Arc::new(clock.clone()))
+            .await
+            .unwrap();
         let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(firebreak_server::serve(Arc::clone(&broker), listener, async {
-            let _ = rx.await;
-        }));
-        Self { url, issuer, clock, http: HttpClient::default(), admin, broker, dir, stop: Some(tx), task: Some(task) }
+        let task = tokio::spawn(firebreak_server::serve(
+            Arc::clone(&broker),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            url,
+            issuer,
+            clock,
+            http: HttpClient::default(),
+            admin,
+            broker,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn stop(mut self) -> (Arc<tempfile::TempDir>, TestIssuer) {
@@ -153,7 +173,8 @@ impl Harness {
 
     /// Good GitHub claims for deploy-bot.
     pub fn claims(&self) -> Value {
-        self.issuer.github_claims(&self.url, "acme/api", "refs/heads/main", self.now())
+        self.issuer
+            .github_claims(&self.url, "acme/api", "refs/heads/main", self.now())
     }
 
     pub fn subject(&self) -> String {
@@ -161,11 +182,24 @@ impl Harness {
     }
 
     pub async fn token_raw(&self, body: &str) -> Reply {
-        self.http.post_form(&format!("{}/oauth2/token", self.url), &[], body).await
+        self.http
+            .post_form(&format!("{}/oauth2/token", self.url), &[], body)
+            .await
     }
 
-    pub async fn exchange(&self, subject: &str, ty: &str, audience: &str, scope: Option<&str>) -> Reply {
-        let mut pairs = vec![("grant_type", EXCHANGE), ("subject_token", subject), ("subject_token_type", ty), ("audience", audience)];
+    pub async fn exchange(
+        &self,
+        subject: &str,
+        ty: &str,
+        audience: &str,
+        scope: Option<&str>,
+    ) -> Reply {
+        let mut pairs = vec![
+            ("grant_type", EXCHANGE),
+            ("subject_token", subject),
+            ("subject_token_type", ty),
+            ("audience", audience),
+        ];
         if let Some(s) = scope {
             pairs.push(("scope", s));
         }
@@ -182,37 +216,68 @@ impl Harness {
     pub async fn introspect(&self, token: &str, id: &str, secret: &str) -> Reply {
         let auth = basic(id, secret);
         self.http
-            .post_form(&format!("{}/oauth2/introspect", self.url), &[("authorization", &auth)], &encode_pairs([("token", token)]))
+            .post_form(
+                &format!("{}/oauth2/introspect", self.url),
+                &[("authorization", &auth)],
+                &encode_pairs([("token", token)]),
+            )
             .await
     }
 
     pub async fn admin_get(&self, path: &str, token: Option<&str>) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let h: Vec<(&str, &str)> = auth.as_deref().map(|a| ("authorization", a)).into_iter().collect();
+        let h: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
         self.http.get(&format!("{}{path}", self.url), &h).await
     }
 
     pub async fn admin_delete(&self, path: &str) -> Reply {
         let auth = format!("Bearer {}", self.admin);
-        self.http.send("DELETE", &format!("{}{path}", self.url), &[("authorization", &auth)], Vec::new()).await
+        self.http
+            .send(
+                "DELETE",
+                &format!("{}{path}", self.url),
+                &[("authorization", &auth)],
+                Vec::new(),
+            )
+            .await
     }
 }
 
 pub fn basic(id: &str, secret: &str) -> String {
     use base64::Engine as _;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
 }
 
 /// Asserts an OAuth error with this status, code and reason.
 #[track_caller]
 pub fn assert_oauth(r: &Reply, status: u16, error: &str, reason: &str) {
     let v = r.json();
-    assert_eq!((r.status, v["error"].as_str(), v["error_description"].as_str()), (status, Some(error), Some(reason)), "body: {v}");
+    assert_eq!(
+        (
+            r.status,
+            v["error"].as_str(),
+            v["error_description"].as_str()
+        ),
+        (status, Some(error), Some(reason)),
+        "body: {v}"
+    );
 }
 
 /// Claims of a JWT without verifying (test use).
 pub fn claims_of(jwt: &str) -> Value {
     use base64::Engine as _;
     let p = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
 }

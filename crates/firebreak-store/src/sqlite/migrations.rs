@@ -78,7 +78,10 @@ pub(super) fn run(conn: &Connection) -> rusqlite::Result<()> {
             let applied = conn
                 .execute_batch(sql)
                 .and_then(|()| {
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (?1)", params![version])
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (?1)",
+                        params![version],
+                    )
                 })
                 .and_then(|_| conn.execute_batch("COMMIT"));
             if let Err(e) = applied {

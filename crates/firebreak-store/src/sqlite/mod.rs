@@ -47,13 +47,18 @@ impl SqliteStore {
         )
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
     }
 
     /// Parses a `[store] url` of the form `sqlite:///abs/path`, `sqlite://rel/path` or
     /// `sqlite:path` into a file path.
     pub fn path_from_url(url: &str) -> Option<PathBuf> {
-        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
         (!rest.is_empty()).then(|| PathBuf::from(rest))
     }
 
@@ -73,7 +78,9 @@ impl SqliteStore {
             tokio::task::spawn_blocking(move || {
                 // A panic while holding the lock poisons it; the connection itself is still
                 // consistent (SQLite rolled back), so keep serving.
-                let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard = conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 f(&mut guard)
             })
             .await
@@ -92,7 +99,8 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    opts.open(path)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -105,7 +113,10 @@ fn opt_time(v: Option<i64>) -> Option<UnixTime> {
 }
 
 fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { table, detail: detail.to_string() }
+    StoreError::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
 }
 
 const SESSION_COLS: &str = "id, agent, parent, depth, target, audience, scope, act, \
@@ -191,7 +202,9 @@ fn revoke_tree_tx(
              RETURNING id",
         )
         .map_err(db_err)?;
-    let ids = stmt.query_map(params![root, at], |r| r.get::<_, String>(0)).map_err(db_err)?;
+    let ids = stmt
+        .query_map(params![root, at], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
     let mut out = Vec::new();
     for id in ids {
         out.push(SessionId::try_from(id.map_err(db_err)?).map_err(|e| corrupt("sessions", e))?);
@@ -328,9 +341,13 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare_cached(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"))
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"
+                ))
                 .map_err(db_err)?;
-            Ok(collect_sessions(&mut stmt, params![id.as_str()])?.into_iter().next())
+            Ok(collect_sessions(&mut stmt, params![id.as_str()])?
+                .into_iter()
+                .next())
         })
     }
 
@@ -344,7 +361,10 @@ impl Store for SqliteStore {
                       ORDER BY created_at DESC, id LIMIT ?2"
                 ))
                 .map_err(db_err)?;
-            collect_sessions(&mut stmt, params![agent.as_ref().map(AgentId::as_str), limit])
+            collect_sessions(
+                &mut stmt,
+                params![agent.as_ref().map(AgentId::as_str), limit],
+            )
         })
     }
 
@@ -360,11 +380,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke_session_tree(
-        &self,
-        id: &SessionId,
-        at: UnixTime,
-    ) -> StoreFuture<'_, Vec<SessionId>> {
+    fn revoke_session_tree(&self, id: &SessionId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>> {
         let id = id.clone();
         self.with(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
@@ -517,10 +533,12 @@ impl Store for SqliteStore {
 
     fn init_keys(&self, keys: Vec<KeyRow>) -> StoreFuture<'_, bool> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let n: i64 =
-                tx.query_row("SELECT COUNT(*) FROM signing_keys", [], |r| r.get(0)).map_err(db_err)?;
+            let n: i64 = tx
+                .query_row("SELECT COUNT(*) FROM signing_keys", [], |r| r.get(0))
+                .map_err(db_err)?;
             if n > 0 {
                 return Ok(false);
             }
@@ -540,12 +558,19 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, ()> {
         self.with(move |conn| {
             if new_next.state != KeyState::Next {
-                return Err(StoreError::ApiMisuse("rotate_keys takes a key in state next"));
+                return Err(StoreError::ApiMisuse(
+                    "rotate_keys takes a key in state next",
+                ));
             }
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             let next: Option<String> = tx
-                .query_row("SELECT kid FROM signing_keys WHERE state = 'next'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT kid FROM signing_keys WHERE state = 'next'",
+                    [],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db_err)?;
             let Some(next) = next else {
@@ -581,7 +606,9 @@ impl Store for SqliteStore {
                       WHERE state = 'retiring' AND retire_after <= ?1 RETURNING kid",
                 )
                 .map_err(db_err)?;
-            let rows = stmt.query_map(params![ms(now)], |r| r.get(0)).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![ms(now)], |r| r.get(0))
+                .map_err(db_err)?;
             rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
         })
     }
@@ -589,7 +616,10 @@ impl Store for SqliteStore {
     fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64> {
         self.with(move |conn| {
             let n = conn
-                .execute("DELETE FROM replay WHERE expires_at <= ?1", params![ms(now)])
+                .execute(
+                    "DELETE FROM replay WHERE expires_at <= ?1",
+                    params![ms(now)],
+                )
                 .map_err(db_err)?;
             Ok(n as u64)
         })

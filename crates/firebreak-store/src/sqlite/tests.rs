@@ -50,15 +50,29 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
 #[tokio::test]
 async fn x04_replay_key_accepted_once() {
     let (_d, store) = open();
-    store.commit_exchange(exchange("s1", None, "bot", Some("jti-a"))).await.unwrap();
-    let again = store.commit_exchange(exchange("s2", None, "bot", Some("jti-a"))).await;
+    store
+        .commit_exchange(exchange("s1", None, "bot", Some("jti-a")))
+        .await
+        .unwrap();
+    let again = store
+        .commit_exchange(exchange("s2", None, "bot", Some("jti-a")))
+        .await;
     assert!(matches!(again, Err(StoreError::Replay)));
     // Positive twin: another key passes, and the refused attempt left nothing behind.
-    store.commit_exchange(exchange("s3", None, "bot", Some("jti-b"))).await.unwrap();
+    store
+        .commit_exchange(exchange("s3", None, "bot", Some("jti-b")))
+        .await
+        .unwrap();
     assert!(store.session(&sid("s2")).await.unwrap().is_none());
     // Purging only removes expired guards.
     let later = UnixTime::from_secs(1_800_000_000 + 601);
-    assert_eq!(store.purge_replay(UnixTime::from_secs(1_800_000_000)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_replay(UnixTime::from_secs(1_800_000_000))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(store.purge_replay(later).await.unwrap(), 2);
 }
 
@@ -67,35 +81,76 @@ async fn x04_replay_key_accepted_once() {
 async fn x17_no_child_after_parent_revoked() {
     let (_d, store) = open();
     let at = UnixTime::from_secs(1_800_000_100);
-    store.commit_exchange(exchange("root", None, "bot", Some("r"))).await.unwrap();
-    store.commit_exchange(exchange("child", Some("root"), "bot", None)).await.unwrap();
-    store.commit_exchange(exchange("grandchild", Some("child"), "sub", None)).await.unwrap();
+    store
+        .commit_exchange(exchange("root", None, "bot", Some("r")))
+        .await
+        .unwrap();
+    store
+        .commit_exchange(exchange("child", Some("root"), "bot", None))
+        .await
+        .unwrap();
+    store
+        .commit_exchange(exchange("grandchild", Some("child"), "sub", None))
+        .await
+        .unwrap();
     let mut revoked = store.revoke_session_tree(&sid("root"), at).await.unwrap();
     revoked.sort();
     assert_eq!(revoked, vec![sid("child"), sid("grandchild"), sid("root")]);
-    let late = store.commit_exchange(exchange("late", Some("child"), "sub", None)).await;
+    let late = store
+        .commit_exchange(exchange("late", Some("child"), "sub", None))
+        .await;
     assert!(matches!(late, Err(StoreError::ParentRevoked(p)) if p == sid("child")));
     for s in ["root", "child", "grandchild"] {
-        assert_eq!(store.session_status(&sid(s)).await.unwrap(), TokenStatus::Revoked);
+        assert_eq!(
+            store.session_status(&sid(s)).await.unwrap(),
+            TokenStatus::Revoked
+        );
     }
-    let (_, status) = store.token(&Jti::try_from("jti-grandchild").unwrap()).await.unwrap().unwrap();
+    let (_, status) = store
+        .token(&Jti::try_from("jti-grandchild").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, TokenStatus::Revoked);
     // Revoking again revokes nothing new.
-    assert!(store.revoke_session_tree(&sid("root"), at).await.unwrap().is_empty());
+    assert!(
+        store
+            .revoke_session_tree(&sid("root"), at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn revoking_an_agent_revokes_its_sessions_and_blocks_new_ones() {
     let (_d, store) = open();
     let bot = AgentId::try_from("bot").unwrap();
-    store.commit_exchange(exchange("a1", None, "bot", Some("1"))).await.unwrap();
-    store.commit_exchange(exchange("b1", None, "other", Some("2"))).await.unwrap();
-    let revoked = store.revoke_agent(&bot, UnixTime::from_secs(1_800_000_050)).await.unwrap();
+    store
+        .commit_exchange(exchange("a1", None, "bot", Some("1")))
+        .await
+        .unwrap();
+    store
+        .commit_exchange(exchange("b1", None, "other", Some("2")))
+        .await
+        .unwrap();
+    let revoked = store
+        .revoke_agent(&bot, UnixTime::from_secs(1_800_000_050))
+        .await
+        .unwrap();
     assert_eq!(revoked, vec![sid("a1")]);
-    assert_eq!(store.session_status(&sid("a1")).await.unwrap(), TokenStatus::Revoked);
-    assert_eq!(store.session_status(&sid("b1")).await.unwrap(), TokenStatus::Live);
+    assert_eq!(
+        store.session_status(&sid("a1")).await.unwrap(),
+        TokenStatus::Revoked
+    );
+    assert_eq!(
+        store.session_status(&sid("b1")).await.unwrap(),
+        TokenStatus::Live
+    );
     assert!(store.agent_revoked_at(&bot).await.unwrap().is_some());
-    let new = store.commit_exchange(exchange("a2", None, "bot", Some("3"))).await;
+    let new = store
+        .commit_exchange(exchange("a2", None, "bot", Some("3")))
+        .await;
     assert!(matches!(new, Err(StoreError::ParentRevoked(_))));
 }
 
@@ -120,14 +175,32 @@ async fn keys_rotate_next_active_retiring_retired_and_survive_restart() {
     let path = dir.path().join("fb.db");
     {
         let store = SqliteStore::open(&path).unwrap();
-        assert!(store.init_keys(vec![key("k1", KeyState::Active), key("k2", KeyState::Next)]).await.unwrap());
-        assert!(!store.init_keys(vec![key("zz", KeyState::Active)]).await.unwrap());
+        assert!(
+            store
+                .init_keys(vec![key("k1", KeyState::Active), key("k2", KeyState::Next)])
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .init_keys(vec![key("zz", KeyState::Active)])
+                .await
+                .unwrap()
+        );
         let t = UnixTime::from_secs(100);
-        store.rotate_keys(key("k3", KeyState::Next), t, t.plus_secs(60)).await.unwrap();
+        store
+            .rotate_keys(key("k3", KeyState::Next), t, t.plus_secs(60))
+            .await
+            .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    let states: Vec<_> =
-        store.keys().await.unwrap().into_iter().map(|k| (k.kid, k.state)).collect();
+    let states: Vec<_> = store
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.kid, k.state))
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -136,10 +209,28 @@ async fn keys_rotate_next_active_retiring_retired_and_survive_restart() {
             ("k3".into(), KeyState::Next)
         ]
     );
-    assert!(store.retire_due_keys(UnixTime::from_secs(159)).await.unwrap().is_empty());
-    assert_eq!(store.retire_due_keys(UnixTime::from_secs(160)).await.unwrap(), vec!["k1".to_owned()]);
+    assert!(
+        store
+            .retire_due_keys(UnixTime::from_secs(159))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .retire_due_keys(UnixTime::from_secs(160))
+            .await
+            .unwrap(),
+        vec!["k1".to_owned()]
+    );
     // A rotation needs a published next key.
-    let bad = store.rotate_keys(key("k4", KeyState::Active), UnixTime::from_secs(200), UnixTime::from_secs(300)).await;
+    let bad = store
+        .rotate_keys(
+            key("k4", KeyState::Active),
+            UnixTime::from_secs(200),
+            UnixTime::from_secs(300),
+        )
+        .await;
     assert!(matches!(bad, Err(StoreError::ApiMisuse(_))));
 }
 
@@ -149,7 +240,10 @@ async fn database_file_is_private() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     }
     store.ping().await.unwrap();
@@ -157,9 +251,18 @@ async fn database_file_is_private() {
 
 #[test]
 fn sqlite_urls() {
-    assert_eq!(SqliteStore::path_from_url("sqlite:///var/x.db"), Some("/var/x.db".into()));
-    assert_eq!(SqliteStore::path_from_url("sqlite://x.db"), Some("x.db".into()));
-    assert_eq!(SqliteStore::path_from_url("sqlite:x.db"), Some("x.db".into()));
+    assert_eq!(
+        SqliteStore::path_from_url("sqlite:///var/x.db"),
+        Some("/var/x.db".into())
+    );
+    assert_eq!(
+        SqliteStore::path_from_url("sqlite://x.db"),
+        Some("x.db".into())
+    );
+    assert_eq!(
+        SqliteStore::path_from_url("sqlite:x.db"),
+        Some("x.db".into())
+    );
     assert_eq!(SqliteStore::path_from_url("postgres://h/db"), None);
     assert_eq!(SqliteStore::path_from_url("sqlite://"), None);
 }
