@@ -323,10 +323,10 @@ impl Broker {
             }
             Err(_) => return Ok(inactive),
         };
-        if let Some(c) = client {
-            if !c.audiences.contains(&own.audience) {
-                return Ok(inactive);
-            }
+        if let Some(c) = client
+            && !c.audiences.contains(&own.audience)
+        {
+            return Ok(inactive);
         }
         let mut out = own.claims.clone();
         out.insert("active".into(), Value::Bool(true));
@@ -386,10 +386,10 @@ impl Broker {
         let Some((row, _)) = self.store.token(&jti).await? else {
             return Ok(());
         };
-        if let Caller::Agent(a) = &caller {
-            if *a != row.agent {
-                return Err(BrokerError::NotOwner);
-            }
+        if let Caller::Agent(a) = &caller
+            && *a != row.agent
+        {
+            return Err(BrokerError::NotOwner);
         }
         let revoked = self
             .store
@@ -604,8 +604,8 @@ async fn agent_json(b: &Broker, a: &crate::config::Agent) -> Result<Value, Broke
         "tier": a.tier,
         "identity": { "issuer": a.identity.issuer, "claims": a.identity.claims, "events": a.identity.events },
         "grants": a.grants.iter().map(|(t, s)| (t.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-        "last_used": last.map(|t| firebreak_core::format_rfc3339_millis(t)),
-        "revoked_at": revoked.map(|t| firebreak_core::format_rfc3339_millis(t)),
+        "last_used": last.map(firebreak_core::format_rfc3339_millis),
+        "revoked_at": revoked.map(firebreak_core::format_rfc3339_millis),
     }))
 }
 

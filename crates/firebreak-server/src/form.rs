@@ -38,10 +38,15 @@ impl Form {
             let value = decode(it.next().unwrap_or_default())?;
             if multi.contains(&name.as_str()) {
                 form.multi.entry(name).or_default().push(value);
-            } else if form.single.contains_key(&name) {
-                return Err(FormError::Repeated(name));
             } else {
-                form.single.insert(name, value);
+                match form.single.entry(name) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        return Err(FormError::Repeated(e.key().clone()));
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(value);
+                    }
+                }
             }
         }
         Ok(form)

@@ -1,6 +1,14 @@
 //! End-to-end tests of `/oauth2/token` against a real broker on loopback, named by the
 //! SECURITY-TESTS.md case they cover. Every negative case has its positive twin.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests: a failed step should stop the test loudly"
+)]
+
 mod common;
 
 use base64::Engine as _;

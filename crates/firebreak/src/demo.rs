@@ -4,6 +4,10 @@
 //! otherwise, so the demo doubles as an end-to-end smoke test.
 //!
 //! The demo issuer lives here, binds loopback only and is unreachable from `serve`.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "only serde_json::Value is indexed here, by key, which yields Null and never panics"
+)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -847,17 +847,18 @@ impl Config {
                 expires_text,
             };
             for t in agent.grants.keys() {
-                if let Some(t) = targets.iter().find(|x| &x.id == t) {
-                    if !agent.tier_allows(&t.tier) && t.kind != TargetKind::Broker {
-                        return Err(c.err(
-                            &rule,
-                            Some(agent.id.as_str()),
-                            format!(
-                                "grant for target {:?} of tier {:?} above the agent's tier {:?}",
-                                t.id, t.tier, agent.tier
-                            ),
-                        ));
-                    }
+                if let Some(t) = targets.iter().find(|x| &x.id == t)
+                    && !agent.tier_allows(&t.tier)
+                    && t.kind != TargetKind::Broker
+                {
+                    return Err(c.err(
+                        &rule,
+                        Some(agent.id.as_str()),
+                        format!(
+                            "grant for target {:?} of tier {:?} above the agent's tier {:?}",
+                            t.id, t.tier, agent.tier
+                        ),
+                    ));
                 }
             }
             if let Some(other) = agents
@@ -980,10 +981,10 @@ fn check_identity(
                     "a github-actions rule must pin repository (or repository_id)",
                 ));
             }
-            if let Some(sub) = ri.claims.get("sub") {
-                if !sub.starts_with("repo:") || sub.split(':').count() < 3 {
-                    return Err(c.err(&rule, Some(id), format!("sub {sub:?} must be a full GitHub subject like repo:owner/name:ref:refs/heads/main")));
-                }
+            if let Some(sub) = ri.claims.get("sub")
+                && (!sub.starts_with("repo:") || sub.split(':').count() < 3)
+            {
+                return Err(c.err(&rule, Some(id), format!("sub {sub:?} must be a full GitHub subject like repo:owner/name:ref:refs/heads/main")));
             }
             if has("repository_owner") && !has("repository") && !has("repository_id") {
                 return Err(c.err(
@@ -992,14 +993,14 @@ fn check_identity(
                     "repository_owner alone admits every repository of the owner; pin repository",
                 ));
             }
-            if let Some(r) = ri.claims.get("repository") {
-                if !r.contains('/') {
-                    return Err(c.err(
-                        &rule,
-                        Some(id),
-                        format!("repository {r:?} must be owner/name"),
-                    ));
-                }
+            if let Some(r) = ri.claims.get("repository")
+                && !r.contains('/')
+            {
+                return Err(c.err(
+                    &rule,
+                    Some(id),
+                    format!("repository {r:?} must be owner/name"),
+                ));
             }
             if !has("repository_id") {
                 warnings.push(format!("{}: {rule}: pinned by repository name but not repository_id; names can be recycled", c.file.display()));

@@ -1,5 +1,12 @@
 //! A real broker on loopback with a test issuer, for the integration tests.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test harness: each test binary uses a different subset, and a failed step should stop the test loudly"
+)]
 
 use std::sync::Arc;
 
