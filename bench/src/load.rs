@@ -46,10 +46,6 @@ impl Pool {
     pub fn remaining(&self) -> usize {
         self.items.len().saturating_sub(self.next.load(Ordering::Relaxed))
     }
-    /// All items (for building a cycling pool from the same tokens).
-    pub fn items(&self) -> &[Bytes] {
-        &self.items
-    }
     fn take(&self) -> Option<Bytes> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if self.cycle {

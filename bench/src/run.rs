@@ -445,7 +445,10 @@ async fn run(o: &Opts) {
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 let ready = text.lines().find_map(|l| {
                     let mut w = l.split_whitespace();
-                    (w.next() == Some("READY")).then(|| (w.next()?.parse::<u16>().ok()?, w.next()?.parse::<u32>().ok()?))
+                    if w.next() != Some("READY") {
+                        return None;
+                    }
+                    Some((w.next()?.parse::<u16>().ok()?, w.next()?.parse::<u32>().ok()?))
                 });
                 let form = cache.join(format!("peers/oidc-provider-{port}/grant.form"));
                 match ready {

@@ -45,7 +45,7 @@ async fn limit_token(State(st): State<Arc<LimitState>>, body: Bytes) -> Response
     // The same strict form parser as the broker.
     let Ok(form) = Form::parse(&body, &["audience", "resource"]) else { return refuse("form") };
     let Some(token) = form.get("subject_token") else { return refuse("subject_token") };
-    let Some(audience) = form.get("audience") else { return refuse("audience") };
+    let Some(&audience) = form.all("audience").first() else { return refuse("audience") };
     let Ok(jwt) = UnverifiedJwt::parse(token, &st.limits) else { return refuse("parse") };
     let Some(key) = jwt.header().kid.as_deref().and_then(|k| st.keys.get(k)) else { return refuse("kid") };
     if verify_signature(&jwt, key, &[key.alg()]).is_err() {

@@ -288,27 +288,13 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     );
 
     // 3. Inspect.
-    if out == Output::Human {
-        println!(
-            "\n{}. Inspect the issued token (signature checked against {broker_url}/jwks.json)",
-            n.n + 1
-        );
-    }
-    crate::commands::inspect(
-        &access,
-        Some(&broker_url),
-        if out == Output::Human {
-            Output::Human
-        } else {
-            Output::Json
-        },
-    )
-    .await
-    .map_err(|e| fail("inspect", e))?;
     n.step(
-        "Inspected",
-        "one audience, one tenant (acme), one environment (production), 5-minute lifetime",
+        &format!("Inspect the issued token (signature checked against {broker_url}/jwks.json)"),
+        "one audience, one tenant (acme), one environment (production), 5-minute lifetime:",
     );
+    crate::commands::inspect(&access, Some(&broker_url), out)
+        .await
+        .map_err(|e| fail("inspect", e))?;
 
     // 4. Replay refused.
     let r = exchange(

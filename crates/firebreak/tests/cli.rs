@@ -46,21 +46,44 @@ fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 #[test]
 fn x01_check_and_serve_exit_78_on_broad_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = GOOD.replace(r#"repository = "acme/api", repository_id = "1", ref = "refs/heads/main""#, r#"sub = "repo:acme/*""#);
+    let bad = GOOD.replace(
+        r#"repository = "acme/api", repository_id = "1", ref = "refs/heads/main""#,
+        r#"sub = "repo:acme/*""#,
+    );
     let p = write(&dir, &bad);
     for cmd in ["check", "serve"] {
-        let out = firebreak().args([cmd, "--config"]).arg(&p).output().unwrap();
+        let out = firebreak()
+            .args([cmd, "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(78), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("firebreak.toml:13: agent \"deploy-bot\" identity"), "{cmd}: {err}");
+        assert!(
+            err.contains("firebreak.toml:13: agent \"deploy-bot\" identity"),
+            "{cmd}: {err}"
+        );
         assert!(err.contains("wildcards"), "{err}");
     }
     // Positive twin.
     let p = write(&dir, GOOD);
-    let out = firebreak().args(["check", "--config"]).arg(&p).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = firebreak()
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 issuers, 1 agents"));
-    let out = firebreak().args(["-o", "json", "check", "--config"]).arg(&p).output().unwrap();
+    let out = firebreak()
+        .args(["-o", "json", "check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true);
 }
@@ -70,17 +93,52 @@ fn x01_check_and_serve_exit_78_on_broad_rules() {
 fn x09_t12_config_refusals_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, &format!("{GOOD}\n[limits]\nleeway = \"120s\"\n"));
-    assert_eq!(firebreak().args(["check", "--config"]).arg(&p).output().unwrap().status.code(), Some(78));
+    assert_eq!(
+        firebreak()
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(78)
+    );
     let target = "\n[[target]]\nid = \"t\"\naudience = \"https://gw/t\"\nkind = \"http\"\ntenant = \"acme\"\nenvironment = \"production,staging\"\n";
     let p = write(&dir, &format!("{GOOD}{target}"));
-    assert_eq!(firebreak().args(["check", "--config"]).arg(&p).output().unwrap().status.code(), Some(78));
+    assert_eq!(
+        firebreak()
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(78)
+    );
     let p = write(&dir, "not toml [");
-    assert_eq!(firebreak().args(["check", "--config"]).arg(&p).output().unwrap().status.code(), Some(78));
+    assert_eq!(
+        firebreak()
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(78)
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(firebreak().arg("frobnicate").output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        firebreak()
+            .arg("frobnicate")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
     let help = firebreak().arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("78 configuration error"));
@@ -90,11 +148,19 @@ fn usage_errors_exit_2() {
 #[test]
 fn demo_runs_end_to_end() {
     let out = firebreak().args(["-o", "json", "demo"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.rfind("\n{").map_or(0, |i| i + 1);
     let v: serde_json::Value = serde_json::from_str(&stdout[last..]).unwrap();
     assert_eq!(v["ok"], true);
     assert!(v["steps"].as_array().unwrap().len() >= 8);
-    assert!(!stdout.contains("fbadm_"), "the admin token never reaches output");
+    assert!(
+        !stdout.contains("fbadm_"),
+        "the admin token never reaches output"
+    );
 }
