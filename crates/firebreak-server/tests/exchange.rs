@@ -954,3 +954,72 @@ async fn restart_keeps_sessions_revocations_keys_and_replay_state() {
     c["aud"] = json!(h.url);
     assert_eq!(h.exchange(&used, JWT, TOOLS, None).await.status, 400);
 }
+
+/// SECURITY-TESTS.md T07 at /oauth2/token: a flood of unknown kids causes at most one JWKS fetch
+/// beyond the first, and a valid token sent during the flood still succeeds.
+#[tokio::test]
+async fn t07_unknown_kid_flood_at_token_endpoint() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    // Warm the cache with one good exchange (first fetch).
+    assert_eq!(h.exchange(&h.subject(), JWT, TOOLS, None).await.status, 200);
+    let before = h.issuer.jwks_fetches();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let h = std::sync::Arc::clone(&h);
+        tasks.push(tokio::spawn(async move {
+            let mut header = h.issuer.header();
+            header["kid"] = json!(format!("random-{i}"));
+            let t = h
+                .issuer
+                .sign_raw(&header.to_string(), &h.claims().to_string());
+            h.exchange(&t, JWT, TOOLS, None).await
+        }));
+    }
+    let good = h.exchange(&h.subject(), JWT, TOOLS, None).await;
+    assert_eq!(
+        good.status, 200,
+        "a valid token still succeeds during the flood"
+    );
+    for t in tasks {
+        assert_oauth(&t.await.unwrap(), 400, "invalid_request", "invalid_token");
+    }
+    assert!(
+        h.issuer.jwks_fetches() - before <= 1,
+        "fetches during flood: {}",
+        h.issuer.jwks_fetches() - before
+    );
+}
+
+/// SECURITY-TESTS.md T09 at /oauth2/token: a poisoned JWKS drops the bad keys and keeps the good.
+#[tokio::test]
+async fn t09_poisoned_jwks_at_token_endpoint() {
+    let h = Harness::start().await;
+    let good = h.issuer.key().public_key().to_jwk();
+    let mut enc = good.clone();
+    enc["kid"] = json!("enc-key");
+    enc["use"] = json!("enc");
+    let oct = json!({ "kty": "oct", "kid": "oct-key", "k": "c2VjcmV0" });
+    let mut dup1 = good.clone();
+    dup1["kid"] = json!("dup");
+    let dup2 = dup1.clone();
+    h.issuer
+        .set_jwks(json!({ "keys": [good, enc, oct, dup1, dup2] }));
+    for kid in ["enc-key", "oct-key", "dup"] {
+        let mut header = h.issuer.header();
+        header["kid"] = json!(kid);
+        let t = h
+            .issuer
+            .sign_raw(&header.to_string(), &h.claims().to_string());
+        assert_oauth(
+            &h.exchange(&t, JWT, TOOLS, None).await,
+            400,
+            "invalid_request",
+            "invalid_token",
+        );
+    }
+    assert_eq!(
+        h.exchange(&h.subject(), JWT, TOOLS, None).await.status,
+        200,
+        "the good key keeps working"
+    );
+}
