@@ -10,9 +10,10 @@ use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use firebreak_server::form::encode_pairs;
 use firebreak_token::{Algorithm, SigningKey, random_b64url};
 use serde_json::{Value, json};
+
+use crate::form::encode_pairs;
 
 /// The tool audience the bench agent is granted.
 pub const TOOL_AUDIENCE: &str = "https://tools.bench.invalid/mcp";
@@ -68,7 +69,8 @@ pub fn generate(dir: &Path) -> Value {
     std::fs::write(dir.join("rs256.pk8"), der.as_ref()).expect("write rs256.pk8");
     let ed = SigningKey::generate(Algorithm::EdDsa).expect("Ed25519 key generation");
     std::fs::write(dir.join("eddsa.pk8"), ed.pkcs8_der()).expect("write eddsa.pk8");
-    let ed = SigningKey::from_pkcs8(Algorithm::EdDsa, ED_KID.into(), ed.pkcs8_der()).expect("reload Ed25519");
+    let ed = SigningKey::from_pkcs8(Algorithm::EdDsa, ED_KID.into(), ed.pkcs8_der())
+        .expect("reload Ed25519");
     let public = rsa.public_key();
     let rsa_jwk = json!({
         "kty": "RSA",
@@ -86,12 +88,20 @@ pub fn load(dir: &Path, alg: Alg) -> Signer {
     let der = std::fs::read(dir.join(format!("{}.pk8", alg.tag()))).expect("read key file");
     match alg {
         Alg::Rs256 => Signer::Rsa(RsaKeyPair::from_pkcs8(&der).expect("RSA PKCS#8")),
-        Alg::Eddsa => Signer::Ed(SigningKey::from_pkcs8(Algorithm::EdDsa, ED_KID.into(), &der).expect("Ed25519 PKCS#8")),
+        Alg::Eddsa => Signer::Ed(
+            SigningKey::from_pkcs8(Algorithm::EdDsa, ED_KID.into(), &der).expect("Ed25519 PKCS#8"),
+        ),
     }
 }
 
 fn now_s() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()).expect("time fits")
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs(),
+    )
+    .expect("time fits")
 }
 
 fn claims(issuer: &str, audience: &str) -> Value {
@@ -128,7 +138,13 @@ impl Signer {
                 token.push('.');
                 token.push_str(&b64(&serde_json::to_vec(&claims).expect("claims json")));
                 let mut sig = vec![0u8; kp.public_modulus_len()];
-                kp.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), token.as_bytes(), &mut sig).expect("RSA sign");
+                kp.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    token.as_bytes(),
+                    &mut sig,
+                )
+                .expect("RSA sign");
                 token.push('.');
                 token.push_str(&b64(&sig));
                 token
@@ -149,7 +165,15 @@ pub fn exchange_form(subject_token: &str) -> String {
 }
 
 /// `mint` subcommand: `count` exchange bodies, one per line, on `threads` threads, into `out`.
-pub fn mint_cmd(dir: &Path, alg: Alg, issuer: &str, audience: &str, count: usize, threads: usize, out: &Path) {
+pub fn mint_cmd(
+    dir: &Path,
+    alg: Alg,
+    issuer: &str,
+    audience: &str,
+    count: usize,
+    threads: usize,
+    out: &Path,
+) {
     let signer = load(dir, alg);
     let threads = threads.max(1);
     let per = count.div_ceil(threads);
@@ -168,7 +192,10 @@ pub fn mint_cmd(dir: &Path, alg: Alg, issuer: &str, audience: &str, count: usize
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("mint thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("mint thread"))
+            .collect()
     });
     std::fs::write(out, parts.concat()).expect("write minted tokens");
 }

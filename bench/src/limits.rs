@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ED25519, Ed25519KeyPair, KeyPair as _, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair,
-    RsaPublicKeyComponents,
+    ED25519, Ed25519KeyPair, KeyPair as _, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256,
+    RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents,
 };
 use serde_json::{Map, Value};
 
@@ -39,29 +39,52 @@ fn time_ops(secs: f64, mut op: impl FnMut()) -> f64 {
 pub fn limits_cmd(secs: f64, rounds: usize) {
     let rng = SystemRandom::new();
     let msg = vec![b'a'; 493];
-    let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).expect("ed25519 gen").as_ref())
-        .expect("ed25519 load");
+    let ed = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("ed25519 gen")
+            .as_ref(),
+    )
+    .expect("ed25519 load");
     let ed_sig = ed.sign(&msg);
     let ed_pub = ParsedPublicKey::new(&ED25519, ed.public_key().as_ref()).expect("ed25519 public");
     let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa gen");
     let mut rsa_sig = vec![0u8; rsa.public_modulus_len()];
-    rsa.sign(&RSA_PKCS1_SHA256, &rng, &msg, &mut rsa_sig).expect("rsa sign");
-    let n = rsa.public_key().modulus().big_endian_without_leading_zero().to_vec();
-    let e = rsa.public_key().exponent().big_endian_without_leading_zero().to_vec();
-    let rsa_pub = RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }
-        .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
-        .expect("rsa public");
-    let mut out: Map<String, Value> = NAMES.iter().map(|n| ((*n).to_owned(), Value::Array(Vec::new()))).collect();
+    rsa.sign(&RSA_PKCS1_SHA256, &rng, &msg, &mut rsa_sig)
+        .expect("rsa sign");
+    let n = rsa
+        .public_key()
+        .modulus()
+        .big_endian_without_leading_zero()
+        .to_vec();
+    let e = rsa
+        .public_key()
+        .exponent()
+        .big_endian_without_leading_zero()
+        .to_vec();
+    let rsa_pub = RsaPublicKeyComponents {
+        n: n.as_slice(),
+        e: e.as_slice(),
+    }
+    .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+    .expect("rsa public");
+    let mut out: Map<String, Value> = NAMES
+        .iter()
+        .map(|n| ((*n).to_owned(), Value::Array(Vec::new())))
+        .collect();
     for _ in 0..rounds.max(1) {
         let figures = [
             time_ops(secs, || {
-                ed_pub.verify_sig(black_box(&msg), black_box(ed_sig.as_ref())).expect("ed25519 verify");
+                ed_pub
+                    .verify_sig(black_box(&msg), black_box(ed_sig.as_ref()))
+                    .expect("ed25519 verify");
             }),
             time_ops(secs, || {
                 black_box(ed.sign(black_box(&msg)));
             }),
             time_ops(secs, || {
-                rsa_pub.verify_sig(black_box(&msg), black_box(&rsa_sig)).expect("rsa verify");
+                rsa_pub
+                    .verify_sig(black_box(&msg), black_box(&rsa_sig))
+                    .expect("rsa verify");
             }),
         ];
         for (name, v) in NAMES.iter().zip(figures) {

@@ -33,7 +33,11 @@ pub struct Pool {
 impl Pool {
     /// A pool; with `cycle` it wraps around instead of running dry.
     pub fn new(items: Vec<Bytes>, cycle: bool) -> Self {
-        Self { items, next: AtomicUsize::new(0), cycle }
+        Self {
+            items,
+            next: AtomicUsize::new(0),
+            cycle,
+        }
     }
     /// A pool holding `self`'s unused items followed by `more`.
     pub fn extended(&self, more: Vec<Bytes>) -> Self {
@@ -44,7 +48,9 @@ impl Pool {
     }
     /// Unused items left.
     pub fn remaining(&self) -> usize {
-        self.items.len().saturating_sub(self.next.load(Ordering::Relaxed))
+        self.items
+            .len()
+            .saturating_sub(self.next.load(Ordering::Relaxed))
     }
     fn take(&self) -> Option<Bytes> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -106,19 +112,35 @@ struct Worker {
     first_error: Option<String>,
 }
 
-async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+async fn connect(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(send)
 }
 
-async fn worker(spec: Arc<Spec>, start: Arc<tokio::sync::Barrier>, t0: Arc<std::sync::OnceLock<Instant>>) -> Worker {
+async fn worker(
+    spec: Arc<Spec>,
+    start: Arc<tokio::sync::Barrier>,
+    t0: Arc<std::sync::OnceLock<Instant>>,
+) -> Worker {
     let host = spec.addr.to_string();
-    let mut w = Worker { lat_ns: Vec::with_capacity(1 << 14), errors: 0, exhausted: false, end: Instant::now(), first_error: None };
+    let mut w = Worker {
+        lat_ns: Vec::with_capacity(1 << 14),
+        errors: 0,
+        exhausted: false,
+        end: Instant::now(),
+        first_error: None,
+    };
     let mut send = match connect(spec.addr).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -148,7 +170,9 @@ async fn worker(spec: Arc<Spec>, start: Arc<tokio::sync::Barrier>, t0: Arc<std::
             },
         };
         let req = match &spec.bodies {
-            Bodies::Get => Request::get(spec.path).header("host", &host).body(Full::new(Bytes::new())),
+            Bodies::Get => Request::get(spec.path)
+                .header("host", &host)
+                .body(Full::new(Bytes::new())),
             Bodies::Pool(p) => {
                 let Some(body) = p.take() else {
                     w.exhausted = true;
@@ -166,16 +190,29 @@ async fn worker(spec: Arc<Spec>, start: Arc<tokio::sync::Barrier>, t0: Arc<std::
             s.ready().await.map_err(|e| e.to_string())?;
             let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             if status.is_success() {
                 Ok(())
             } else {
-                Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).chars().take(300).collect::<String>()))
+                Err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ))
             }
         }
         .await;
         match res {
-            Ok(()) => w.lat_ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            Ok(()) => w
+                .lat_ns
+                .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)),
             Err(e) => {
                 w.errors += 1;
                 w.first_error.get_or_insert(e);
@@ -193,7 +230,12 @@ fn pct(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "percentile index")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "percentile index"
+    )]
     let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
     #[allow(clippy::cast_precision_loss, reason = "nanoseconds to ms")]
     let v = sorted[i] as f64 / 1e6;
@@ -206,8 +248,15 @@ pub async fn run(spec: Spec) -> Outcome {
     let spec = Arc::new(spec);
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let t0 = Arc::new(std::sync::OnceLock::new());
-    let handles: Vec<_> =
-        (0..n).map(|_| tokio::spawn(worker(Arc::clone(&spec), Arc::clone(&barrier), Arc::clone(&t0)))).collect();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(worker(
+                Arc::clone(&spec),
+                Arc::clone(&barrier),
+                Arc::clone(&t0),
+            ))
+        })
+        .collect();
     let bound = spec.duration + Duration::from_secs(15);
     let mut workers = Vec::with_capacity(n);
     let all = async {
@@ -215,14 +264,22 @@ pub async fn run(spec: Spec) -> Outcome {
             workers.push(h.await.expect("load worker"));
         }
     };
-    tokio::time::timeout(bound, all).await.expect("load run exceeded its time bound");
+    tokio::time::timeout(bound, all)
+        .await
+        .expect("load run exceeded its time bound");
     let begin = t0.get().copied().unwrap_or_else(Instant::now);
     let end = workers.iter().map(|w| w.end).max().unwrap_or(begin);
     let elapsed = end.saturating_duration_since(begin).as_secs_f64().max(1e-9);
-    let mut lat: Vec<u64> = workers.iter().flat_map(|w| w.lat_ns.iter().copied()).collect();
+    let mut lat: Vec<u64> = workers
+        .iter()
+        .flat_map(|w| w.lat_ns.iter().copied())
+        .collect();
     lat.sort_unstable();
     let ok = lat.len() as u64;
-    #[allow(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "request counts are far below 2^52"
+    )]
     let rps = ok as f64 / elapsed;
     Outcome {
         rps,

@@ -10,8 +10,12 @@
     clippy::indexing_slicing,
     reason = "benchmark harness: a failure should stop the run loudly"
 )]
-#![allow(clippy::disallowed_methods, reason = "benchmark harness: timing with Instant::now/SystemTime::now is its job")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "benchmark harness: timing with Instant::now/SystemTime::now is its job"
+)]
 
+mod form;
 mod keys;
 mod limits;
 mod load;
@@ -55,6 +59,24 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Ad-hoc load with the harness's client: GET, or POST of the bodies in a file (one per line,
+    /// cycled), printing one JSON line.
+    Load {
+        /// 127.0.0.1 port.
+        port: u16,
+        /// Path (`/` for GET, e.g. `/oauth2/token` with --bodies).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// File of form bodies, one per line; without it, GET.
+        #[arg(long)]
+        bodies: Option<PathBuf>,
+        /// Connections.
+        #[arg(short, long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds.
+        #[arg(short, long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Child: mint COUNT exchange bodies (one per line) into OUT.
     Mint {
         /// Directory with the issuer keys.
@@ -87,7 +109,22 @@ fn main() {
         Cmd::ServeHello { port } => servers::hello_cmd(port),
         Cmd::ServeLimit { port, jwks } => servers::limit_cmd(port, &jwks),
         Cmd::Limits { seconds, rounds } => limits::limits_cmd(seconds, rounds),
-        Cmd::Mint { keys, alg, issuer, audience, count, threads, out } => {
+        Cmd::Load {
+            port,
+            path,
+            bodies,
+            connections,
+            seconds,
+        } => run::load_cmd(port, path, bodies.as_deref(), connections, seconds),
+        Cmd::Mint {
+            keys,
+            alg,
+            issuer,
+            audience,
+            count,
+            threads,
+            out,
+        } => {
             keys::mint_cmd(&keys, alg, &issuer, &audience, count, threads, &out);
         }
     }

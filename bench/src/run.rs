@@ -44,7 +44,11 @@ pub struct Opts {
     #[arg(long)]
     firebreak: Option<PathBuf>,
     /// The shared bench kit (peers/, load).
-    #[arg(long, env = "FIREBREAK_BENCH_KIT", default_value = "/work/shared/bench")]
+    #[arg(
+        long,
+        env = "FIREBREAK_BENCH_KIT",
+        default_value = "/work/shared/bench"
+    )]
     kit: PathBuf,
     /// Skip the oidc-provider peer.
     #[arg(long)]
@@ -75,9 +79,18 @@ impl Kids {
     fn spawn(&mut self, name: &str, mut cmd: Command, log_file: &Path) -> u32 {
         let out = std::fs::File::create(log_file).expect("create child log");
         let err = out.try_clone().expect("clone log fd");
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let pid = child.id();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.pidfile).expect("pidfile");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pidfile)
+            .expect("pidfile");
         writeln!(f, "{pid}").expect("write pidfile");
         self.list.push((name.to_owned(), child));
         pid
@@ -87,9 +100,13 @@ impl Kids {
     fn check(&mut self, log_dir: &Path) {
         for (name, child) in &mut self.list {
             if let Ok(Some(status)) = child.try_wait() {
-                let tail = std::fs::read_to_string(log_dir.join(format!("{name}.log"))).unwrap_or_default();
+                let tail = std::fs::read_to_string(log_dir.join(format!("{name}.log")))
+                    .unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-                panic!("{name} exited ({status}); last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                panic!(
+                    "{name} exited ({status}); last log lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
     }
@@ -99,7 +116,10 @@ impl Drop for Kids {
     fn drop(&mut self) {
         for (name, child) in &mut self.list {
             if matches!(child.try_wait(), Ok(None)) {
-                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(50));
@@ -110,7 +130,11 @@ impl Drop for Kids {
             log(&format!("stopped {name} (pid {})", child.id()));
         }
         if let Some((kit, port)) = self.peer.take() {
-            let _ = Command::new(kit.join("peers/stop")).arg("oidc-provider").arg(port.to_string()).stdout(Stdio::null()).status();
+            let _ = Command::new(kit.join("peers/stop"))
+                .arg("oidc-provider")
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_file(&self.pidfile);
     }
@@ -123,7 +147,11 @@ fn pinned(cpus: &str, program: &Path) -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn wait_port(kids: &mut Kids, port: u16, log_dir: &Path) {
@@ -131,7 +159,10 @@ fn wait_port(kids: &mut Kids, port: u16, log_dir: &Path) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         kids.check(log_dir);
-        assert!(Instant::now() < deadline, "nothing listens on port {port} after 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -157,11 +188,19 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn r3(x: f64) -> Value {
-    if x.is_finite() { json!((x * 1000.0).round() / 1000.0) } else { Value::Null }
+    if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
 }
 
 fn r1(x: f64) -> Value {
-    if x.is_finite() { json!((x * 10.0).round() / 10.0) } else { Value::Null }
+    if x.is_finite() {
+        json!((x * 10.0).round() / 10.0)
+    } else {
+        Value::Null
+    }
 }
 
 #[derive(Default, Clone)]
@@ -195,7 +234,16 @@ struct Out {
 
 impl Out {
     #[allow(clippy::too_many_arguments, reason = "one JSON line's fields")]
-    fn emit(&mut self, metric: &str, ours: Option<f64>, peer: Option<f64>, unit: &str, peer_name: &str, notes: &str, extra: Value) {
+    fn emit(
+        &mut self,
+        metric: &str,
+        ours: Option<f64>,
+        peer: Option<f64>,
+        unit: &str,
+        peer_name: &str,
+        notes: &str,
+        extra: Value,
+    ) {
         let ratio = match (ours, peer) {
             (Some(o), Some(p)) if p > 0.0 && o.is_finite() => r3(o / p),
             _ => Value::Null,
@@ -231,7 +279,10 @@ impl Out {
 
 fn cache_dir() -> PathBuf {
     std::env::var_os("FIREBREAK_BENCH_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/firebreak-bench"),
+        || {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
+                .join(".cache/firebreak-bench")
+        },
         PathBuf::from,
     )
 }
@@ -248,7 +299,10 @@ fn fs_type(dir: &Path) -> String {
 
 fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let nproc = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let nproc = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let model = cpuinfo
         .lines()
         .find(|l| l.starts_with("model name"))
@@ -314,33 +368,65 @@ async fn mint(ctx: &Ctx, alg: Alg, count: usize) -> Vec<Bytes> {
     cmd.arg("mint")
         .arg("--keys")
         .arg(&ctx.dir)
-        .args(["--alg", alg.arg(), "--issuer", &ctx.issuer, "--audience", &ctx.broker_url, "--threads", "2"])
+        .args([
+            "--alg",
+            alg.arg(),
+            "--issuer",
+            &ctx.issuer,
+            "--audience",
+            &ctx.broker_url,
+            "--threads",
+            "2",
+        ])
         .arg("--count")
         .arg(count.to_string())
         .arg("--out")
         .arg(&out);
     let t = Instant::now();
-    let status = tokio::task::spawn_blocking(move || cmd.status()).await.expect("join").expect("run mint");
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await
+        .expect("join")
+        .expect("run mint");
     assert!(status.success(), "mint failed: {status}");
     let text = std::fs::read_to_string(&out).expect("read minted");
     let _ = std::fs::remove_file(&out);
-    let v: Vec<Bytes> = text.lines().map(|l| Bytes::copy_from_slice(l.as_bytes())).collect();
+    let v: Vec<Bytes> = text
+        .lines()
+        .map(|l| Bytes::copy_from_slice(l.as_bytes()))
+        .collect();
     assert_eq!(v.len(), count, "minted count");
     #[allow(clippy::cast_precision_loss, reason = "counts")]
     let rate = count as f64 / t.elapsed().as_secs_f64();
-    log(&format!("minted {count} {} subject tokens in {:.1} s ({rate:.0}/s on 2 cores)", alg.tag(), t.elapsed().as_secs_f64()));
+    log(&format!(
+        "minted {count} {} subject tokens in {:.1} s ({rate:.0}/s on 2 cores)",
+        alg.tag(),
+        t.elapsed().as_secs_f64()
+    ));
     v
 }
 
 async fn blocking_output(mut cmd: Command) -> std::io::Result<std::process::Output> {
-    tokio::task::spawn_blocking(move || cmd.stderr(Stdio::inherit()).output()).await.expect("join")
+    tokio::task::spawn_blocking(move || cmd.stderr(Stdio::inherit()).output())
+        .await
+        .expect("join")
 }
 
 /// One request through the load generator's client, to fail early and loudly on a bad setup.
 async fn sanity(addr: SocketAddr, body: Bytes, what: &str) {
     let pool = Arc::new(Pool::new(vec![body], false));
-    let o = load::run(Spec { addr, path: "/oauth2/token", bodies: Bodies::Pool(pool), connections: 1, duration: Duration::from_secs(2) }).await;
-    assert!(o.ok == 1 && o.errors == 0, "{what}: sanity request failed: {:?}", o.first_error);
+    let o = load::run(Spec {
+        addr,
+        path: "/oauth2/token",
+        bodies: Bodies::Pool(pool),
+        connections: 1,
+        duration: Duration::from_secs(2),
+    })
+    .await;
+    assert!(
+        o.ok == 1 && o.errors == 0,
+        "{what}: sanity request failed: {:?}",
+        o.first_error
+    );
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -365,12 +451,60 @@ fn parse_peer(out: &std::process::Output) -> Result<Outcome, String> {
         return Err(format!("load exited {}", out.status));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or("load printed no JSON")?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or("load printed no JSON")?;
     let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "error counts")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "error counts"
+    )]
     let errors = f("errors").max(0.0) as u64;
-    Ok(Outcome { rps: f("rps"), p50_ms: f("p50_ms"), p90_ms: f("p90_ms"), p99_ms: f("p99_ms"), max_ms: f("max_ms"), errors, ..Outcome::default() })
+    Ok(Outcome {
+        rps: f("rps"),
+        p50_ms: f("p50_ms"),
+        p90_ms: f("p90_ms"),
+        p99_ms: f("p99_ms"),
+        max_ms: f("max_ms"),
+        errors,
+        ..Outcome::default()
+    })
+}
+
+/// `load` subcommand.
+pub fn load_cmd(port: u16, path: String, bodies: Option<&Path>, connections: usize, seconds: f64) {
+    let bodies = match bodies {
+        None => Bodies::Get,
+        Some(f) => {
+            let text = std::fs::read_to_string(f).expect("read bodies");
+            let v = text
+                .lines()
+                .map(|l| Bytes::copy_from_slice(l.as_bytes()))
+                .collect();
+            Bodies::Pool(Arc::new(Pool::new(v, true)))
+        }
+    };
+    let path: &'static str = Box::leak(path.into_boxed_str());
+    let spec = Spec {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        bodies,
+        connections,
+        duration: Duration::from_secs_f64(seconds),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let o = rt.block_on(load::run(spec));
+    println!(
+        "{}",
+        json!({ "rps": r1(o.rps), "p50_ms": r3(o.p50_ms), "p90_ms": r3(o.p90_ms), "p99_ms": r3(o.p99_ms), "max_ms": r3(o.max_ms), "ok": o.ok, "errors": o.errors, "elapsed_s": r3(o.elapsed_s), "first_error": o.first_error })
+    );
 }
 
 /// Entry point of `run`.
@@ -382,15 +516,27 @@ pub fn main(opts: &Opts) {
         o.warmup = o.warmup.min(1.0);
         o.limit_seconds = o.limit_seconds.min(0.3);
     }
-    assert!(o.seconds > 0.0 && o.seconds <= 120.0, "--seconds must be in (0, 120]");
+    assert!(
+        o.seconds > 0.0 && o.seconds <= 120.0,
+        "--seconds must be in (0, 120]"
+    );
     assert!((1..=10).contains(&o.rounds), "--rounds must be 1..=10");
-    assert!(o.connections.iter().all(|c| (1..=1024).contains(c)), "--connections must be 1..=1024 each");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    assert!(
+        o.connections.iter().all(|c| (1..=1024).contains(c)),
+        "--connections must be 1..=1024 each"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     // Bounded: a run that hangs is killed by bench/run's timeout; this is the inner bound.
     rt.block_on(run(&o));
 }
 
-#[allow(clippy::too_many_lines, reason = "the run reads top to bottom as the method in BENCH.md")]
+#[allow(
+    clippy::too_many_lines,
+    reason = "the run reads top to bottom as the method in BENCH.md"
+)]
 async fn run(o: &Opts) {
     let started = Instant::now();
     let cache = cache_dir();
@@ -401,12 +547,26 @@ async fn run(o: &Opts) {
     std::fs::create_dir_all(&data_dir).expect("create data dir");
     let fs = fs_type(&data_dir);
     if fs == "tmpfs" || fs == "ramfs" {
-        log(&format!("WARNING: the broker's data dir {} is on {fs}: durable-store figures are meaningless", data_dir.display()));
+        log(&format!(
+            "WARNING: the broker's data dir {} is on {fs}: durable-store figures are meaningless",
+            data_dir.display()
+        ));
     }
     let exe = std::env::current_exe().expect("current exe");
-    let firebreak = o.firebreak.clone().unwrap_or_else(|| exe.with_file_name("firebreak"));
-    assert!(firebreak.is_file(), "no firebreak binary at {}; build it or pass --firebreak", firebreak.display());
-    let mut kids = Kids { list: Vec::new(), pidfile: dir.join("children.pids"), peer: None };
+    let firebreak = o
+        .firebreak
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("firebreak"));
+    assert!(
+        firebreak.is_file(),
+        "no firebreak binary at {}; build it or pass --firebreak",
+        firebreak.display()
+    );
+    let mut kids = Kids {
+        list: Vec::new(),
+        pidfile: dir.join("children.pids"),
+        peer: None,
+    };
 
     // Keys, issuer, broker, hello, limit route.
     let jwks = keys::generate(&dir);
@@ -424,21 +584,34 @@ async fn run(o: &Opts) {
     c.arg("serve-hello").arg(hello_port.to_string());
     kids.spawn("hello", c, &dir.join("hello.log"));
     let mut c = pinned(SERVER_CPU, &exe);
-    c.arg("serve-limit").arg(limit_port.to_string()).arg(&jwks_file);
+    c.arg("serve-limit")
+        .arg(limit_port.to_string())
+        .arg(&jwks_file);
     kids.spawn("limit", c, &dir.join("limit.log"));
     for p in [broker_port, hello_port, limit_port] {
         wait_port(&mut kids, p, &dir);
     }
-    log(&format!("broker {broker_url} (pid {broker_pid}, data {} on {fs}), hello :{hello_port}, limit :{limit_port}, issuer {issuer}", data_dir.display()));
+    log(&format!(
+        "broker {broker_url} (pid {broker_pid}, data {} on {fs}), hello :{hello_port}, limit :{limit_port}, issuer {issuer}",
+        data_dir.display()
+    ));
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let ctx = Ctx { exe: exe.clone(), dir: dir.clone(), issuer, broker_url: broker_url.clone() };
+    let ctx = Ctx {
+        exe: exe.clone(),
+        dir: dir.clone(),
+        issuer,
+        broker_url: broker_url.clone(),
+    };
 
     // The peer (installs node + oidc-provider into the cache on first use).
     let mut peer: Result<(u16, u32, PathBuf), String> = Err("skipped (--no-peer)".into());
     if !o.no_peer {
         let port = free_port();
         let mut c = Command::new("timeout");
-        c.arg("900").arg(o.kit.join("peers/oidc-provider")).arg(port.to_string()).env("FIREBREAK_BENCH_SERVER_CPUS", SERVER_CPU);
+        c.arg("900")
+            .arg(o.kit.join("peers/oidc-provider"))
+            .arg(port.to_string())
+            .env("FIREBREAK_BENCH_SERVER_CPUS", SERVER_CPU);
         kids.peer = Some((o.kit.clone(), port));
         peer = match blocking_output(c).await {
             Ok(out) if out.status.success() => {
@@ -448,26 +621,40 @@ async fn run(o: &Opts) {
                     if w.next() != Some("READY") {
                         return None;
                     }
-                    Some((w.next()?.parse::<u16>().ok()?, w.next()?.parse::<u32>().ok()?))
+                    Some((
+                        w.next()?.parse::<u16>().ok()?,
+                        w.next()?.parse::<u32>().ok()?,
+                    ))
                 });
                 let form = cache.join(format!("peers/oidc-provider-{port}/grant.form"));
                 match ready {
                     Some((p, pid)) if form.is_file() => Ok((p, pid, form)),
-                    _ => Err(format!("oidc-provider printed no READY line or no grant.form: {text}")),
+                    _ => Err(format!(
+                        "oidc-provider printed no READY line or no grant.form: {text}"
+                    )),
                 }
             }
-            Ok(out) => Err(format!("oidc-provider could not be started here ({})", out.status)),
+            Ok(out) => Err(format!(
+                "oidc-provider could not be started here ({})",
+                out.status
+            )),
             Err(e) => Err(format!("oidc-provider script did not run: {e}")),
         };
         match &peer {
-            Ok((p, pid, _)) => log(&format!("oidc-provider on :{p} (pid {pid}, CPU {SERVER_CPU})")),
+            Ok((p, pid, _)) => log(&format!(
+                "oidc-provider on :{p} (pid {pid}, CPU {SERVER_CPU})"
+            )),
             Err(e) => log(&format!("peer missing: {e}")),
         }
     }
 
     // Single-thread crypto limits on the servers' core (they are idle now).
     let mut c = pinned(SERVER_CPU, &exe);
-    c.arg("limits").arg("--seconds").arg(o.limit_seconds.to_string()).arg("--rounds").arg(o.rounds.to_string());
+    c.arg("limits")
+        .arg("--seconds")
+        .arg(o.limit_seconds.to_string())
+        .arg("--rounds")
+        .arg(o.rounds.to_string());
     let out = blocking_output(c).await.expect("run limits");
     assert!(out.status.success(), "limits failed");
     let limits: Value = serde_json::from_slice(&out.stdout).expect("limits JSON");
@@ -483,8 +670,18 @@ async fn run(o: &Opts) {
             Alg::Eddsa => 30_000,
         };
         let tokens = mint(&ctx, alg, first).await;
-        sanity(at(broker_port), tokens[0].clone(), &format!("broker {}", alg.tag())).await;
-        sanity(at(limit_port), tokens[0].clone(), &format!("limit route {}", alg.tag())).await;
+        sanity(
+            at(broker_port),
+            tokens[0].clone(),
+            &format!("broker {}", alg.tag()),
+        )
+        .await;
+        sanity(
+            at(limit_port),
+            tokens[0].clone(),
+            &format!("limit route {}", alg.tag()),
+        )
+        .await;
         // The limit route keeps no replay state: it may see the same token again.
         cycling.insert(alg.tag(), Arc::new(Pool::new(tokens.clone(), true)));
         pools.insert(alg.tag(), Arc::new(Pool::new(tokens[1..].to_vec(), false)));
@@ -495,23 +692,58 @@ async fn run(o: &Opts) {
     let tp = o.throughput_connections;
     let spec = |port: u16, bodies: Bodies, connections: usize, duration: Duration| Spec {
         addr: at(port),
-        path: if matches!(bodies, Bodies::Get) { "/" } else { "/oauth2/token" },
+        path: if matches!(bodies, Bodies::Get) {
+            "/"
+        } else {
+            "/oauth2/token"
+        },
         bodies,
         connections,
         duration,
     };
 
     // Warm-up (and calibration of the token pools from the broker's rate).
-    log(&format!("warm-up: {:.1} s per target at {tp} connections", o.warmup));
+    log(&format!(
+        "warm-up: {:.1} s per target at {tp} connections",
+        o.warmup
+    ));
     let _ = load::run(spec(hello_port, Bodies::Get, tp, warm)).await;
     for alg in algs {
-        let _ = load::run(spec(limit_port, Bodies::Pool(Arc::clone(&cycling[alg.tag()])), tp, warm)).await;
-        let w = load::run(spec(broker_port, Bodies::Pool(Arc::clone(&pools[alg.tag()])), tp, warm)).await;
-        assert!(w.ok > 0, "broker {} warm-up: no successful exchange: {:?}", alg.tag(), w.first_error);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "pool size")]
-        let need = (w.rps * o.seconds * (o.rounds * o.connections.len()) as f64 * 1.3) as usize + 2_000;
+        let _ = load::run(spec(
+            limit_port,
+            Bodies::Pool(Arc::clone(&cycling[alg.tag()])),
+            tp,
+            warm,
+        ))
+        .await;
+        let w = load::run(spec(
+            broker_port,
+            Bodies::Pool(Arc::clone(&pools[alg.tag()])),
+            tp,
+            warm,
+        ))
+        .await;
+        assert!(
+            w.ok > 0,
+            "broker {} warm-up: no successful exchange: {:?}",
+            alg.tag(),
+            w.first_error
+        );
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "pool size"
+        )]
+        let need =
+            (w.rps * o.seconds * (o.rounds * o.connections.len()) as f64 * 1.3) as usize + 2_000;
         let have = pools[alg.tag()].remaining();
-        log(&format!("{} warm-up: broker {:.0}/s{}; pool needs {need}, has {have}", alg.tag(), w.rps, if w.exhausted { " (pool ran dry)" } else { "" }));
+        log(&format!(
+            "{} warm-up: broker {:.0}/s{}; pool needs {need}, has {have}",
+            alg.tag(),
+            w.rps,
+            if w.exhausted { " (pool ran dry)" } else { "" }
+        ));
         if need > have {
             let more = mint(&ctx, alg, need - have).await;
             let p = pools[alg.tag()].extended(more);
@@ -529,15 +761,40 @@ async fn run(o: &Opts) {
     let mut exhausted = false;
     for round in 0..o.rounds {
         log(&format!("round {}/{}", round + 1, o.rounds));
-        hello.0.push(load::run(spec(hello_port, Bodies::Get, tp, secs)).await);
+        hello
+            .0
+            .push(load::run(spec(hello_port, Bodies::Get, tp, secs)).await);
         for alg in algs {
             for &c in &o.connections {
-                let ours = load::run(spec(broker_port, Bodies::Pool(Arc::clone(&pools[alg.tag()])), c, secs)).await;
-                exhausted |= ours.exhausted;
-                if let Some(e) = &ours.first_error {
-                    log(&format!("broker {} c{c}: {} errors, first: {e}", alg.tag(), ours.errors));
+                let ours = load::run(spec(
+                    broker_port,
+                    Bodies::Pool(Arc::clone(&pools[alg.tag()])),
+                    c,
+                    secs,
+                ))
+                .await;
+                if ours.exhausted {
+                    exhausted = true;
+                    log(&format!(
+                        "broker {} c{c}: the token pool ran dry after {:.2} s",
+                        alg.tag(),
+                        ours.elapsed_s
+                    ));
                 }
-                let lim = load::run(spec(limit_port, Bodies::Pool(Arc::clone(&cycling[alg.tag()])), c, secs)).await;
+                if let Some(e) = &ours.first_error {
+                    log(&format!(
+                        "broker {} c{c}: {} errors, first: {e}",
+                        alg.tag(),
+                        ours.errors
+                    ));
+                }
+                let lim = load::run(spec(
+                    limit_port,
+                    Bodies::Pool(Arc::clone(&cycling[alg.tag()])),
+                    c,
+                    secs,
+                ))
+                .await;
                 log(&format!(
                     "  {} c{c:<3} broker {:>8.0}/s p50 {:.3} p99 {:.3} ms | limit {:>8.0}/s p50 {:.3} p99 {:.3} ms",
                     alg.tag(),
@@ -548,16 +805,29 @@ async fn run(o: &Opts) {
                     lim.p50_ms,
                     lim.p99_ms
                 ));
-                res.entry((Target::Ours, alg.tag(), c)).or_default().0.push(ours);
-                res.entry((Target::Limit, alg.tag(), c)).or_default().0.push(lim);
+                res.entry((Target::Ours, alg.tag(), c))
+                    .or_default()
+                    .0
+                    .push(ours);
+                res.entry((Target::Limit, alg.tag(), c))
+                    .or_default()
+                    .0
+                    .push(lim);
             }
         }
         if let (Ok((port, _, form)), None) = (&peer, &peer_err) {
             // Node's JIT needs a longer warm-up (BENCH.md): 5 s before the first round.
             let w = if round == 0 { 5 } else { 0 };
-            match blocking_output(peer_run(&o.kit, *port, form, o.seconds, w, tp)).await.map_err(|e| e.to_string()).and_then(|out| parse_peer(&out)) {
+            match blocking_output(peer_run(&o.kit, *port, form, o.seconds, w, tp))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|out| parse_peer(&out))
+            {
                 Ok(p) => {
-                    log(&format!("  oidc-provider c{tp} {:.0}/s p50 {:.3} p99 {:.3} ms", p.rps, p.p50_ms, p.p99_ms));
+                    log(&format!(
+                        "  oidc-provider c{tp} {:.0}/s p50 {:.3} p99 {:.3} ms",
+                        p.rps, p.p50_ms, p.p99_ms
+                    ));
                     peer_series.0.push(p);
                 }
                 Err(e) => {
@@ -572,11 +842,22 @@ async fn run(o: &Opts) {
     // Memory, before anything stops.
     let broker_hwm = status_kb(broker_pid, "VmHWM:").map(|k| k / 1024.0);
     let broker_rss = status_kb(broker_pid, "VmRSS:").map(|k| k / 1024.0);
-    let peer_hwm = peer.as_ref().ok().and_then(|(_, pid, _)| status_kb(*pid, "VmHWM:")).map(|k| k / 1024.0);
+    let peer_hwm = peer
+        .as_ref()
+        .ok()
+        .and_then(|(_, pid, _)| status_kb(*pid, "VmHWM:"))
+        .map(|k| k / 1024.0);
     let db_bytes: u64 = std::fs::read_dir(&data_dir)
-        .map(|d| d.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0);
-    let broker_log = std::fs::metadata(dir.join("broker.log")).map(|m| m.len()).unwrap_or(0);
+    let broker_log = std::fs::metadata(dir.join("broker.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     drop(kids);
 
     // Output.
@@ -584,8 +865,16 @@ async fn run(o: &Opts) {
         "median of {} interleaved rounds of {} s after {} s warm-up; servers on CPU 0 (taskset -c 0), load generator on CPU 1",
         o.rounds, o.seconds, o.warmup
     );
-    let mut out = Out { lines: Vec::new(), common: json!({ "runs": o.rounds, "machine": machine() }) };
-    let lim_med = |name: &str| limits.get(name).and_then(Value::as_array).map(|a| median(&a.iter().filter_map(Value::as_f64).collect::<Vec<_>>()));
+    let mut out = Out {
+        lines: Vec::new(),
+        common: json!({ "runs": o.rounds, "machine": machine() }),
+    };
+    let lim_med = |name: &str| {
+        limits
+            .get(name)
+            .and_then(Value::as_array)
+            .map(|a| median(&a.iter().filter_map(Value::as_f64).collect::<Vec<_>>()))
+    };
     for name in crate::limits::NAMES {
         out.emit(
             name,
@@ -617,7 +906,10 @@ async fn run(o: &Opts) {
             let ours = &res[&(Target::Ours, a, c)];
             let lim = &res[&(Target::Limit, a, c)];
             let (goal, met) = if c == tp {
-                ("ratio >= 0.5 (exchanges/s vs the crypto+HTTP limit)", json!(ours.rps() / lim.rps() >= 0.5))
+                (
+                    "ratio >= 0.5 (exchanges/s vs the crypto+HTTP limit)",
+                    json!(ours.rps() / lim.rps() >= 0.5),
+                )
             } else {
                 ("none at this connection count", Value::Null)
             };
@@ -631,7 +923,7 @@ async fn run(o: &Opts) {
                 json!({
                     "goal": goal, "goal_met": met, "connections": c,
                     "rps_runs": ours.runs(|o| o.rps), "peer_rps_runs": lim.runs(|o| o.rps),
-                    "ours_p50_ms": r3(ours.p50()), "ours_p99_ms": r3(ours.p99()),
+                    "ours_p50_ms": r3(ours.p50()), "ours_p90_ms": r3(ours.med(|o| o.p90_ms)), "ours_p99_ms": r3(ours.p99()), "ours_max_ms": r3(ours.med(|o| o.max_ms)),
                     "peer_p50_ms": r3(lim.p50()), "peer_p99_ms": r3(lim.p99()),
                     "errors": ours.errors(), "peer_errors": lim.errors(),
                 }),
@@ -716,18 +1008,43 @@ async fn run(o: &Opts) {
     let mut e = peer_extra.clone();
     if let Some(m) = e.as_object_mut() {
         m.insert("goal".into(), json!("ratio >= 3"));
-        m.insert("goal_met".into(), peer_rps.zip(ours_rs).map_or(Value::Null, |(p, r)| json!(r / p >= 3.0)));
-        m.insert("rps_runs".into(), res.get(&(Target::Ours, "rs256", tp)).map_or(Value::Null, |s| s.runs(|o| o.rps)));
+        m.insert(
+            "goal_met".into(),
+            peer_rps
+                .zip(ours_rs)
+                .map_or(Value::Null, |(p, r)| json!(r / p >= 3.0)),
+        );
+        m.insert(
+            "rps_runs".into(),
+            res.get(&(Target::Ours, "rs256", tp))
+                .map_or(Value::Null, |s| s.runs(|o| o.rps)),
+        );
     }
     let peer_how = format!(
         "{peer_note}ours: exchanges/s with an RS256 subject token, {tp} connections, our load generator on CPU 1; peer: oidc-provider 9 client_credentials grants/s, shared/bench/load (wrk) -c {tp} on CPU 1, 5 s warm-up, in-memory, no durable record; both on CPU 0; {base}"
     );
-    out.emit("exchange_rs256_vs_oidc_provider", ours_rs, peer_rps, "req/s", "oidc-provider 9.13.3 (node 22)", &peer_how, e);
+    out.emit(
+        "exchange_rs256_vs_oidc_provider",
+        ours_rs,
+        peer_rps,
+        "req/s",
+        "oidc-provider 9.13.3 (node 22)",
+        &peer_how,
+        e,
+    );
     let mut e = peer_extra;
     if let Some(m) = e.as_object_mut() {
         m.insert("goal".into(), json!("none (reported)"));
     }
-    out.emit("exchange_eddsa_vs_oidc_provider", ours_ed, peer_rps, "req/s", "oidc-provider 9.13.3 (node 22)", &peer_how.replace("RS256", "EdDSA"), e);
+    out.emit(
+        "exchange_eddsa_vs_oidc_provider",
+        ours_ed,
+        peer_rps,
+        "req/s",
+        "oidc-provider 9.13.3 (node 22)",
+        &peer_how.replace("RS256", "EdDSA"),
+        e,
+    );
     out.emit(
         "rss_peak_mb",
         broker_hwm,
@@ -740,9 +1057,19 @@ async fn run(o: &Opts) {
 
     // The human table.
     let mut t = String::new();
-    let _ = writeln!(t, "\n== firebreak-bench ({:.0} s, {} rounds x {} s; servers CPU 0, load CPU 1) ==", started.elapsed().as_secs_f64(), o.rounds, o.seconds);
+    let _ = writeln!(
+        t,
+        "\n== firebreak-bench ({:.0} s, {} rounds x {} s; servers CPU 0, load CPU 1) ==",
+        started.elapsed().as_secs_f64(),
+        o.rounds,
+        o.seconds
+    );
     for name in crate::limits::NAMES {
-        let _ = writeln!(t, "{name:<16} {:>10.0} ops/s", lim_med(name).unwrap_or(f64::NAN));
+        let _ = writeln!(
+            t,
+            "{name:<16} {:>10.0} ops/s",
+            lim_med(name).unwrap_or(f64::NAN)
+        );
     }
     let _ = writeln!(t, "{:<16} {:>10.0} req/s (c{tp})", "hello_rps", hello.rps());
     t.push_str(&table);
@@ -751,11 +1078,21 @@ async fn run(o: &Opts) {
         "rs256 c{tp} vs oidc-provider: {:.0} / {} = {}",
         ours_rs.unwrap_or(f64::NAN),
         peer_rps.map_or("missing".into(), |p| format!("{p:.0}")),
-        peer_rps.zip(ours_rs).map_or("n/a".into(), |(p, r)| format!("{:.2}x (goal >= 3)", r / p))
+        peer_rps
+            .zip(ours_rs)
+            .map_or("n/a".into(), |(p, r)| format!("{:.2}x (goal >= 3)", r / p))
     );
-    let _ = writeln!(t, "broker peak RSS {:.1} MB, oidc-provider {:.1} MB", broker_hwm.unwrap_or(f64::NAN), peer_hwm.unwrap_or(f64::NAN));
+    let _ = writeln!(
+        t,
+        "broker peak RSS {:.1} MB, oidc-provider {:.1} MB",
+        broker_hwm.unwrap_or(f64::NAN),
+        peer_hwm.unwrap_or(f64::NAN)
+    );
     if exhausted {
-        let _ = writeln!(t, "NOTE: a broker run ran out of pre-minted tokens; its rate is over the shorter time it ran");
+        let _ = writeln!(
+            t,
+            "NOTE: a broker run ran out of pre-minted tokens; its rate is over the shorter time it ran"
+        );
     }
     eprint!("{t}");
 }

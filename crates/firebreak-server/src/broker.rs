@@ -60,6 +60,10 @@ pub struct Broker {
     keys: RwLock<Arc<KeyRing>>,
     kek: Option<Kek>,
     admin_token_sha256: [u8; 32],
+    /// False after an audit write failed or missed its deadline, until one succeeds again:
+    /// `/readyz` reports it.
+    audit_ok: std::sync::atomic::AtomicBool,
+    audit_public: firebreak_audit::AuditPublicKey,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -109,6 +113,8 @@ impl Broker {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StartError> {
         let config = Arc::new(config);
+        let audit_public =
+            crate::audit::pinned_public(&config.server.data_dir).map_err(StartError::DataDir)?;
         let admin = admin_token(&config.server.data_dir).map_err(StartError::DataDir)?;
         let kek = config
             .store
@@ -173,7 +179,41 @@ impl Broker {
             keys: RwLock::new(Arc::new(ring)),
             kek,
             admin_token_sha256: sha256(admin.as_bytes()),
+            audit_ok: std::sync::atomic::AtomicBool::new(true),
+            audit_public,
         }))
+    }
+
+    /// Notes whether the last audit write succeeded (for `/readyz`).
+    pub(crate) fn audit_healthy(&self, ok: bool) {
+        self.audit_ok
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Appends one record, durable within the write deadline or an error.
+    pub(crate) async fn append(
+        &self,
+        record: crate::audit::Record,
+    ) -> Result<firebreak_store::AuditReceipt, BrokerError> {
+        let deadline = self.config.audit.write_deadline.as_std();
+        let r = match tokio::time::timeout(deadline, self.store.append_audit(record.draft())).await
+        {
+            Ok(Ok(receipt)) => Ok(receipt),
+            Ok(Err(e)) => Err(BrokerError::AuditUnavailable(e.to_string())),
+            Err(_) => Err(BrokerError::AuditUnavailable(
+                "write deadline passed".into(),
+            )),
+        };
+        self.audit_healthy(r.is_ok());
+        r
+    }
+
+    /// Records an action that has already taken effect (a revocation, a rotation): the action
+    /// stands either way, so a failure is logged rather than undoing it.
+    pub(crate) async fn record_done(&self, record: crate::audit::Record) {
+        if let Err(e) = self.append(record).await {
+            tracing::error!(error = %e, "action taken but its audit record was not written");
+        }
     }
 
     /// The current key ring.
@@ -226,9 +266,20 @@ impl Broker {
         let ttl = i64::try_from(self.config.limits.max_ttl.as_secs()).unwrap_or(i64::MAX);
         let leeway = i64::try_from(self.config.limits.leeway.as_secs()).unwrap_or(60);
         let retire_after = now.plus_secs(ttl.saturating_add(leeway));
+        let retiring = ring.active().kid().to_owned();
+        let activated = next.kid.clone();
+        let published = new.kid.clone();
         self.store.rotate_keys(new, now, retire_after).await?;
         self.reload_keys().await?;
         tracing::info!(kid = self.keys().active().kid(), "signing key rotated");
+        self.record_done(
+            crate::audit::Record::new("key_rotation", now)
+                .field("active", Some(activated))
+                .field("retiring", Some(retiring))
+                .field("next", Some(published))
+                .field("retire_after", Some(retire_after.as_secs())),
+        )
+        .await;
         Ok(())
     }
 
@@ -391,11 +442,24 @@ impl Broker {
         {
             return Err(BrokerError::NotOwner);
         }
-        let revoked = self
-            .store
-            .revoke_session_tree(&row.session, self.clock.now())
-            .await?;
+        let now = self.clock.now();
+        let revoked = self.store.revoke_session_tree(&row.session, now).await?;
         tracing::info!(jti = %jti, sessions = revoked.len(), "token revoked");
+        let by = match &caller {
+            Caller::Admin => "admin".to_owned(),
+            Caller::Client => "client".to_owned(),
+            Caller::Agent(a) => format!("agent:{a}"),
+        };
+        self.record_done(
+            crate::audit::Record::new("revocation", now)
+                .field("action", Some("revoke"))
+                .field("agent", Some(row.agent.as_str()))
+                .session(Some(&row.session))
+                .field("jti", Some(jti.as_str()))
+                .field("revoked_sessions", Some(json!(revoked)))
+                .field("by", Some(by)),
+        )
+        .await;
         Ok(())
     }
 }
@@ -437,6 +501,13 @@ async fn form_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BrokerError
     Ok(bytes)
 }
 
+fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
 fn no_store(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -450,7 +521,10 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
         Ok(b) => b,
         Err(e) => return OAuthError(e).into_response(),
     };
-    let mut trace = ExchangeTrace::default();
+    let mut trace = ExchangeTrace {
+        request_id: request_id.clone(),
+        ..ExchangeTrace::default()
+    };
     // Client authentication is optional for RFC 8693, but presented credentials must be valid.
     let client_check = Form::parse(&body, &["audience", "resource"])
         .map_err(BrokerError::from)
@@ -473,7 +547,7 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
         }
         Err(e) => {
             tracing::info!(request_id, agent = trace.agent, target = trace.target, reason = e.reason().as_str(), detail = %e, "exchange refused");
-            OAuthError(e).into_response()
+            with_request_id(OAuthError(e).into_response(), &request_id)
         }
     }
 }
@@ -555,11 +629,34 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(b): State<Arc<Broker>>) -> Response {
-    // Ready = the store answers and a signing key is loaded (the ring cannot exist without one).
-    match b.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response(),
+    // Ready = the store answers, a signing key is loaded (the ring cannot exist without one),
+    // and the audit writer commits within the write deadline right now.
+    if b.store.ping().await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
     }
+    // After a failed write, only a real append proves recovery (a full disk or a failing
+    // trigger would let an empty commit through); while healthy, an empty commit through the
+    // writer proves it is alive without adding records.
+    let healthy = if b.audit_ok.load(std::sync::atomic::Ordering::Relaxed) {
+        let deadline = b.config.audit.write_deadline.as_std();
+        let ok = matches!(
+            tokio::time::timeout(deadline, b.store.audit_probe()).await,
+            Ok(Ok(()))
+        );
+        b.audit_healthy(ok);
+        ok
+    } else {
+        b.append(
+            crate::audit::Record::new("audit_health", b.clock.now())
+                .field("status", Some("recovered")),
+        )
+        .await
+        .is_ok()
+    };
+    if !healthy {
+        return (StatusCode::SERVICE_UNAVAILABLE, "audit unavailable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> Response {
@@ -654,8 +751,17 @@ async fn revoke_agent(
             .iter()
             .find(|a| a.id.as_str() == id)
             .ok_or(BrokerError::NotFound)?;
-        let sessions = b.store.revoke_agent(&a.id, b.clock.now()).await?;
+        let now = b.clock.now();
+        let sessions = b.store.revoke_agent(&a.id, now).await?;
         tracing::info!(agent = %a.id, sessions = sessions.len(), "agent revoked");
+        b.record_done(
+            crate::audit::Record::new("revocation", now)
+                .field("action", Some("revoke_agent"))
+                .field("agent", Some(a.id.as_str()))
+                .field("revoked_sessions", Some(json!(sessions)))
+                .field("by", Some("admin")),
+        )
+        .await;
         Ok(json!({ "agent": a.id.as_str(), "revoked_sessions": sessions }))
     }
     .await;
@@ -773,8 +879,17 @@ async fn delete_session(
         require_admin(&b, &headers).await?;
         let id = SessionId::try_from(id).map_err(|_| BrokerError::NotFound)?;
         b.store.session(&id).await?.ok_or(BrokerError::NotFound)?;
-        let revoked = b.store.revoke_session_tree(&id, b.clock.now()).await?;
+        let now = b.clock.now();
+        let revoked = b.store.revoke_session_tree(&id, now).await?;
         tracing::info!(session = %id, count = revoked.len(), "session revoked with descendants");
+        b.record_done(
+            crate::audit::Record::new("revocation", now)
+                .field("action", Some("revoke_session"))
+                .session(Some(&id))
+                .field("revoked_sessions", Some(json!(revoked)))
+                .field("by", Some("admin")),
+        )
+        .await;
         Ok(json!({ "revoked": revoked }))
     }
     .await;
@@ -826,6 +941,167 @@ async fn rotate_keys(
     admin_response(r)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Audit (/v1/audit/*): export and proofs for admins; the public key for anyone.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    chain: Option<String>,
+    #[serde(default)]
+    after: u64,
+    seq: Option<u64>,
+}
+
+/// Every line of every chain (or of one), in export order.
+pub async fn export_lines(
+    store: &dyn Store,
+    chain: Option<&str>,
+    after: u64,
+) -> Result<Vec<firebreak_store::AuditLine>, BrokerError> {
+    let chains = match chain {
+        Some(c) => vec![c.to_owned()],
+        None => store.audit_chains().await?,
+    };
+    let mut out = Vec::new();
+    for c in chains {
+        let mut cursor = after;
+        loop {
+            const PAGE: u32 = 10_000;
+            let page = store.audit_lines(&c, cursor, PAGE).await?;
+            let records = page.iter().filter(|l| !l.checkpoint).count();
+            let last = page.iter().filter(|l| !l.checkpoint).map(|l| l.seq).max();
+            out.extend(page);
+            // A short page is the last one (the store appends any trailing checkpoints to it).
+            match last {
+                Some(l) if records >= PAGE as usize => cursor = l,
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn audit_export(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let r: Result<String, BrokerError> = async {
+        require_admin(&b, &headers).await?;
+        let lines = export_lines(b.store.as_ref(), q.chain.as_deref(), q.after).await?;
+        let mut body = String::new();
+        for l in lines {
+            body.push_str(&l.json);
+            body.push('\n');
+        }
+        Ok(body)
+    }
+    .await;
+    match r {
+        Ok(body) => {
+            let mut resp = body.into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            no_store(resp)
+        }
+        Err(e) => Problem(e).into_response(),
+    }
+}
+
+async fn audit_checkpoints(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let r: Result<Value, BrokerError> = async {
+        require_admin(&b, &headers).await?;
+        let lines = export_lines(b.store.as_ref(), q.chain.as_deref(), q.after).await?;
+        let cps: Vec<Value> = lines
+            .iter()
+            .filter(|l| l.checkpoint)
+            .filter_map(|l| serde_json::from_str(&l.json).ok())
+            .collect();
+        Ok(json!({ "checkpoints": cps }))
+    }
+    .await;
+    admin_response(r)
+}
+
+fn hexs(h: &[u8; 32]) -> String {
+    firebreak_audit::hex(h)
+}
+
+/// An RFC 9162 inclusion proof of record `seq` in the tree of the newest checkpoint covering it
+/// (or of the current tree when no checkpoint covers it yet).
+async fn audit_proof(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let r: Result<Value, BrokerError> = async {
+        require_admin(&b, &headers).await?;
+        let chain = q
+            .chain
+            .unwrap_or_else(|| firebreak_store::BROKER_CHAIN.to_owned());
+        let seq = q
+            .seq
+            .filter(|s| *s > 0)
+            .ok_or(BrokerError::BadRequest("seq"))?;
+        let lines = export_lines(b.store.as_ref(), Some(&chain), 0).await?;
+        let checkpoint: Option<Value> = lines
+            .iter()
+            .filter(|l| l.checkpoint && l.seq >= seq)
+            .filter_map(|l| serde_json::from_str(&l.json).ok())
+            .last();
+        let size = match &checkpoint {
+            Some(c) => c
+                .get("tree_size")
+                .and_then(Value::as_u64)
+                .ok_or(BrokerError::NotFound)?,
+            None => lines
+                .iter()
+                .filter(|l| !l.checkpoint)
+                .map(|l| l.seq)
+                .max()
+                .unwrap_or(0),
+        };
+        if seq > size {
+            return Err(BrokerError::NotFound);
+        }
+        let leaves = b.store.audit_leaf_hashes(&chain, size).await?;
+        let index = seq - 1;
+        let proof = firebreak_audit::merkle::inclusion_proof(index, &leaves)
+            .map_err(|_| BrokerError::NotFound)?;
+        let leaf = leaves
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .ok_or(BrokerError::NotFound)?;
+        Ok(json!({
+            "chain": chain,
+            "seq": seq,
+            "leaf_index": index,
+            "tree_size": size,
+            "leaf_hash": hexs(leaf),
+            "root": hexs(&firebreak_audit::merkle::root(&leaves)),
+            "proof": proof.iter().map(hexs).collect::<Vec<_>>(),
+            "checkpoint": checkpoint,
+        }))
+    }
+    .await;
+    admin_response(r)
+}
+
+async fn audit_key(State(b): State<Arc<Broker>>) -> Response {
+    let mut r = axum::Json(b.audit_public.to_jwk()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk+json"),
+    );
+    r
+}
+
 fn admin_response(r: Result<Value, BrokerError>) -> Response {
     match r {
         Ok(v) => no_store(axum::Json(v).into_response()),
@@ -851,6 +1127,10 @@ pub fn router(b: Arc<Broker>) -> Router {
         )
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
+        .route("/v1/audit/export", get(audit_export))
+        .route("/v1/audit/checkpoints", get(audit_checkpoints))
+        .route("/v1/audit/proof", get(audit_proof))
+        .route("/v1/audit/key", get(audit_key))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

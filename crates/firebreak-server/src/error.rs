@@ -197,6 +197,9 @@ pub enum BrokerError {
     /// Admin API: the operation conflicts with current state.
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The audit record could not be made durable within the write deadline: fail closed.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -218,6 +221,7 @@ impl BrokerError {
             E::TargetDenied(r) | E::Scope(r) => *r,
             E::NoLifetime => Reason::TokenExpired,
             E::Store(_) | E::Signing(_) => Reason::StoreUnavailable,
+            E::AuditUnavailable(_) => Reason::AuditUnavailable,
             E::BodyTooLarge
             | E::NotForm
             | E::Form(_)
@@ -261,7 +265,7 @@ impl BrokerError {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             // Our outage, not the caller's mistake (RFC 6749 §4.1.2.1's code).
-            E::Store(_) | E::Signing(_) => {
+            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
         }
@@ -278,7 +282,9 @@ impl BrokerError {
             E::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-            E::Store(_) | E::Signing(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             E::BadRequest(_)
             | E::NotForm
             | E::Form(_)
@@ -355,7 +361,10 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Bearer realm=\"firebreak\""),
             );
         }
-        if matches!(self.0, BrokerError::Store(_) | BrokerError::Signing(_)) {
+        if matches!(
+            self.0,
+            BrokerError::Store(_) | BrokerError::Signing(_) | BrokerError::AuditUnavailable(_)
+        ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

@@ -9,6 +9,7 @@ use firebreak_token::random_b64url;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::audit::Record;
 use crate::broker::Broker;
 use crate::config::{Target, TargetKind};
 use crate::decider::{Decision, Denial, ExchangeQuery};
@@ -110,6 +111,8 @@ pub struct TokenResponse {
 /// What one exchange decided, for logs and metrics whatever the outcome.
 #[derive(Debug, Default)]
 pub struct ExchangeTrace {
+    /// The request id (logs, `X-Request-Id`, audit).
+    pub request_id: String,
     /// The matched agent, once known.
     pub agent: Option<String>,
     /// The resolved target, once known.
@@ -129,6 +132,9 @@ impl Broker {
     ) -> Result<TokenResponse, BrokerError> {
         let timer = Stopwatch::start();
         let result = self.exchange_inner(body, trace).await;
+        if let Err(e) = &result {
+            self.audit_refusal(e, trace).await;
+        }
         let secs = timer.elapsed_secs();
         match &result {
             Ok(r) => {
@@ -145,6 +151,27 @@ impl Broker {
             }
         }
         result
+    }
+
+    /// Records a refused exchange. A refusal stands whether or not its record lands, so a failed
+    /// append is logged, not escalated; our own outages are not decisions and get no record.
+    async fn audit_refusal(&self, e: &BrokerError, trace: &ExchangeTrace) {
+        if e.oauth().0.is_server_error() {
+            return;
+        }
+        let record = Record::new("exchange", self.clock.now())
+            .field("action", Some("exchange"))
+            .field("agent", trace.agent.clone())
+            .field("target", trace.target.clone())
+            .field("request_id", Some(trace.request_id.clone()))
+            .decision(
+                "deny",
+                json!([{ "code": e.reason().as_str() }]),
+                Some(self.decider.policy_version()),
+            );
+        if let Err(err) = self.append(record).await {
+            tracing::warn!(request_id = trace.request_id, error = %err, "refusal not recorded in the audit log");
+        }
     }
 
     async fn exchange_inner(
@@ -287,15 +314,51 @@ impl Broker {
                 revoked_at: None,
             },
         };
-        // Record: durable before the token exists. A replayed subject token or a parent revoked
-        // in the meantime fails here, inside the same transaction.
-        match self.store.commit_exchange(exchange).await {
-            Ok(()) => {}
-            Err(StoreError::Replay) => return Err(BrokerError::Replay),
-            Err(StoreError::ParentRevoked(_) | StoreError::ParentMissing(_)) => {
+        let record = Record::new("exchange", now)
+            .field("action", Some("exchange"))
+            .field("agent", Some(subject.agent.id.as_str()))
+            .session(Some(&session_id))
+            .field("parent_session", parent.map(|p| p.session.as_str()))
+            .field("depth", Some(depth))
+            .field("target", Some(target.id.as_str()))
+            .field("audience", Some(target.audience.as_str()))
+            .field("jti", Some(jti.as_str()))
+            .field("scope", Some(scope.as_str()))
+            .field("exp", Some(exp))
+            .field("subject_issuer", Some(subject.issuer_id.as_str()))
+            .field("act", act.clone())
+            .field("request_id", Some(trace.request_id.as_str()))
+            .decision(
+                "allow",
+                json!([{ "policy": format!("grant:{}:{}", subject.agent.id, target.id) }]),
+                Some(permit.policy_version()),
+            );
+        // Record: the session and its audit record are durable, together, before the token
+        // exists (INVARIANT record-with-act). A replayed subject token or a parent revoked in the
+        // meantime fails here, inside the same transaction; no durable record within the write
+        // deadline means no token (503).
+        let deadline = self.config.audit.write_deadline.as_std();
+        match tokio::time::timeout(
+            deadline,
+            self.store.commit_exchange(exchange, record.draft()),
+        )
+        .await
+        {
+            Ok(Ok(_receipt)) => self.audit_healthy(true),
+            Ok(Err(StoreError::Replay)) => return Err(BrokerError::Replay),
+            Ok(Err(StoreError::ParentRevoked(_) | StoreError::ParentMissing(_))) => {
                 return Err(BrokerError::Subject(crate::error::SubjectError::Revoked));
             }
-            Err(e) => return Err(BrokerError::Store(e)),
+            Ok(Err(e)) => {
+                self.audit_healthy(false);
+                return Err(BrokerError::AuditUnavailable(e.to_string()));
+            }
+            Err(_) => {
+                self.audit_healthy(false);
+                return Err(BrokerError::AuditUnavailable(
+                    "write deadline passed".into(),
+                ));
+            }
         }
         trace.jti = Some(jti.to_string());
         trace.session = Some(session_id.to_string());

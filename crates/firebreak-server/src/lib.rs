@@ -6,6 +6,7 @@
 //! and persistence to `firebreak-store`.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod broker;
 pub mod config;
 pub mod decider;

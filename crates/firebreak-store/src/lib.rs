@@ -15,7 +15,10 @@ use std::pin::Pin;
 
 use firebreak_core::{AgentId, Jti, SessionId, UnixTime};
 
-pub use model::{KeyRow, KeyState, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus};
+pub use model::{
+    AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN, KeyRow, KeyState,
+    NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
+};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, so that `Store` can be used as `Arc<dyn Store>`.
@@ -50,6 +53,15 @@ pub enum StoreError {
     /// Opening the store failed (bad URL, unreadable file, failed migration).
     #[error("cannot open store: {0}")]
     Open(String),
+    /// The audit writer's queue is full: refused at once rather than piling up.
+    #[error("audit writer busy")]
+    Busy,
+    /// The audit writer has stopped.
+    #[error("audit writer stopped")]
+    WriterGone,
+    /// Sealing or signing an audit record failed.
+    #[error("audit: {0}")]
+    Audit(String),
     /// Caller bug: an operation was used in a way its contract forbids.
     #[error("store API misuse: {0}")]
     ApiMisuse(&'static str),
@@ -57,11 +69,35 @@ pub enum StoreError {
 
 /// What the broker persists. Every method is one transaction.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Records a successful exchange atomically: the replay guard (if any), the new session, the
-    /// issued token and the agent's last use. Fails with `Replay` when the replay key exists and
-    /// with `ParentRevoked` when the parent session (or its agent) was revoked, so a child can
-    /// never be issued under a revocation that committed first.
-    fn commit_exchange(&self, exchange: NewExchange) -> StoreFuture<'_, ()>;
+    /// Records a successful exchange atomically with its audit record: the replay guard (if
+    /// any), the new session, the issued token, the agent's last use and the record, in one
+    /// transaction (group-committed with concurrent writes). Fails with `Replay` when the replay
+    /// key exists and with `ParentRevoked` when the parent session (or its agent) was revoked,
+    /// so a child can never be issued under a revocation that committed first.
+    fn commit_exchange(
+        &self,
+        exchange: NewExchange,
+        audit: AuditDraft,
+    ) -> StoreFuture<'_, AuditReceipt>;
+
+    /// Appends one audit record to the broker chain; durable when it returns.
+    fn append_audit(&self, audit: AuditDraft) -> StoreFuture<'_, AuditReceipt>;
+
+    /// A no-op through the audit writer: proves it is alive and committing (for `/readyz`).
+    fn audit_probe(&self) -> StoreFuture<'_, ()>;
+
+    /// Records and checkpoints of `chain` in export order (each checkpoint right after the
+    /// record it covers up to), records with seq > `after`, at most `limit` records.
+    fn audit_lines(&self, chain: &str, after: u64, limit: u32) -> StoreFuture<'_, Vec<AuditLine>>;
+
+    /// The chains present.
+    fn audit_chains(&self) -> StoreFuture<'_, Vec<String>>;
+
+    /// Records concerning any of `sessions`, in chain order.
+    fn audit_for_sessions(&self, sessions: Vec<SessionId>) -> StoreFuture<'_, Vec<AuditLine>>;
+
+    /// Leaf hashes of `chain` for seq 1..=`upto`, for proofs.
+    fn audit_leaf_hashes(&self, chain: &str, upto: u64) -> StoreFuture<'_, Vec<[u8; 32]>>;
 
     /// One session.
     fn session(&self, id: &SessionId) -> StoreFuture<'_, Option<SessionRow>>;

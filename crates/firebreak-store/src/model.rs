@@ -1,7 +1,70 @@
 //! Rows as the broker reads and writes them.
 
-use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
+use std::sync::Arc;
+
+use firebreak_audit::AuditKey;
+use firebreak_core::{AgentId, Clock, Jti, SessionId, TargetId, UnixTime};
 use serde::Serialize;
+
+/// The broker's own audit chain id (DESIGN.md §7).
+pub const BROKER_CHAIN: &str = "broker";
+
+/// An audit record before the store gives it its place in the chain (`seq`, `prev_hash`).
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    /// Kind-specific fields: `kind`, `agent`, `session`, `decision`, `reasons`, `jti`, …
+    /// Never a token or secret (DESIGN.md §7).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The record's time.
+    pub time: UnixTime,
+    /// The session it concerns, indexed for `audit replay`.
+    pub session: Option<SessionId>,
+}
+
+/// Where a record landed: durable once this is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReceipt {
+    /// Its sequence number in the broker chain.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// How the store keeps the audit chain.
+pub struct AuditSettings {
+    /// The dedicated checkpoint key (never a token key).
+    pub key: AuditKey,
+    /// A signed checkpoint after this many records …
+    pub checkpoint_every: u64,
+    /// … or after this many milliseconds with new records, whichever comes first.
+    pub checkpoint_interval_ms: u64,
+    /// Time for checkpoints.
+    pub clock: Arc<dyn Clock>,
+    /// Writes waiting for the writer beyond this are refused at once (no pile-up).
+    pub queue: usize,
+}
+
+impl std::fmt::Debug for AuditSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSettings")
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line of an audit export: a record or a checkpoint, as stored (JCS JSON text).
+#[derive(Debug, Clone)]
+pub struct AuditLine {
+    /// The chain.
+    pub chain: String,
+    /// For a record its seq; for a checkpoint its tree size.
+    pub seq: u64,
+    /// Whether this is a checkpoint.
+    pub checkpoint: bool,
+    /// The JSON text.
+    pub json: String,
+}
 
 /// The replay guard of one subject token: unique per (issuer, key) until `expires_at`.
 #[derive(Debug, Clone)]

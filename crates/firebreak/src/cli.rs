@@ -104,6 +104,88 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The tamper-evident audit log: verify, export, follow, replay a session, print the key.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `firebreak audit …`. These read the database file named by the config directly (read-only,
+/// safe while the broker runs), or an export file.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify every chain: each record's hash, the prev_hash links, gap-free seqs, each
+    /// checkpoint's signature and Merkle root.
+    ///
+    /// Example: `firebreak audit verify` (the store, trusting only the pinned
+    /// <data_dir>/audit-key.pub.jwk or --key), or `firebreak audit verify --file export.jsonl
+    /// --key audit-pub.jwk` (offline). Prints the counts verified; warnings to stderr. Exit 0
+    /// when intact, 1 naming the first bad chain/seq.
+    Verify {
+        /// An export (JSONL) to verify instead of the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The audit public key (JWK) to trust. Required with --file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Also fail when records follow the last checkpoint (unanchored).
+        #[arg(long)]
+        strict: bool,
+        /// Config file (for the store and the pinned key).
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+    /// Export the log as JSONL (records and checkpoints in order), or as OCSF events.
+    ///
+    /// Example: `firebreak audit export > audit.jsonl`. Data on stdout.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Only this chain.
+        #[arg(long)]
+        chain: Option<String>,
+        /// Config file.
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+    /// Print the newest records; with -f keep following (Ctrl-C stops).
+    Tail {
+        /// Follow new records.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many records to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u64,
+        /// Config file.
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+    /// A session's timeline: its lineage (ancestors, descendants), each decision with its
+    /// reasons and policy version, revocations.
+    ///
+    /// Example: `firebreak audit replay s_Y2bq…`.
+    Replay {
+        /// Session id.
+        session: String,
+        /// Config file.
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+    /// Print the pinned audit public key (JWK), for offline verification.
+    Key {
+        /// Config file.
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// The records and checkpoints as stored (verifiable offline).
+    Jsonl,
+    /// OCSF 1.3 events (Authorize Session, API Activity), one per record; not verifiable.
+    Ocsf,
 }
 
 /// `firebreak token …`.

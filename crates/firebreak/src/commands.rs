@@ -234,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
+        Command::Audit(cmd) => crate::audit_cmd::run(cmd, out).await,
         Command::Keys(KeysCommand::List(b)) => {
             let v = admin(&b, Method::GET, "/v1/keys").await?;
             print_value(out, &v, |v| {
@@ -392,11 +393,25 @@ fn check(path: &Path, out: Output) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Opens the store a config names.
-pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, CliError> {
+/// Opens the store a config names, with the audit writer (creating the audit key at first start).
+pub fn open_store(
+    cfg: &Config,
+    clock: Arc<dyn firebreak_core::Clock>,
+) -> Result<Arc<dyn Store>, CliError> {
     let url = &cfg.store.url;
     match SqliteStore::path_from_url(url) {
-        Some(p) => Ok(Arc::new(SqliteStore::open(&p).map_err(failed)?)),
+        Some(p) => {
+            let key = firebreak_server::audit::load_or_create_key(&cfg.server.data_dir)
+                .map_err(failed)?;
+            let settings = firebreak_store::AuditSettings {
+                key,
+                checkpoint_every: cfg.audit.checkpoint_every,
+                checkpoint_interval_ms: cfg.audit.checkpoint_interval.as_millis(),
+                clock,
+                queue: 8192,
+            };
+            Ok(Arc::new(SqliteStore::open(&p, settings).map_err(failed)?))
+        }
         None => Err(CliError::Config(ConfigError {
             file: cfg.file.clone(),
             line: None,
@@ -408,11 +423,10 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, CliError> {
 
 async fn serve(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
-    let store = open_store(&cfg)?;
+    let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
+    let store = open_store(&cfg, Arc::clone(&clock))?;
     let listen = cfg.server.listen;
-    let broker = Broker::new(cfg, store, Arc::new(SystemClock))
-        .await
-        .map_err(failed)?;
+    let broker = Broker::new(cfg, store, clock).await.map_err(failed)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| failed(format!("bind {listen}: {e}")))?;

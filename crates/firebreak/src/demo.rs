@@ -115,6 +115,9 @@ listen = "{listen}"
 public_url = "{broker}"
 data_dir = "{data_dir}"
 
+[audit]
+checkpoint_interval = "100ms"   # the demo is short; production default is 10s
+
 [[issuer]]
 id = "demo-github"
 url = "{issuer}"
@@ -196,6 +199,21 @@ async fn exchange(
         .map_err(|e| fail("exchange", e))
 }
 
+fn access_claims_sid(token: &str) -> String {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("sid").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn basic(id: &str, secret: &str) -> (&'static str, String) {
     use base64::Engine as _;
     (
@@ -229,8 +247,9 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     );
     std::fs::write(&config_path, &config_text).map_err(|e| fail("write config", e))?;
     let cfg = Config::load(&config_path)?;
-    let store = open_store(&cfg)?;
-    let broker = Broker::new(cfg, store, Arc::new(SystemClock))
+    let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
+    let store = open_store(&cfg, Arc::clone(&clock))?;
+    let broker = Broker::new(cfg, store, clock)
         .await
         .map_err(|e| fail("start broker", e))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -407,6 +426,68 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
         "Introspect again",
         &format!("→ {iv}: revoked tokens, unknown tokens and expired tokens all look the same"),
     );
+
+    // 10. Record: the whole run is in the hash-chained log; verify it and replay the session.
+    // The writer signs a checkpoint once records are 100 ms old; wait for it (bounded) so the
+    // verification below covers every record with a signed root.
+    let admin = std::fs::read_to_string(data_dir.join("admin.token"))
+        .map_err(|e| fail("admin token", e))?;
+    let mut anchored = false;
+    for _ in 0..30 {
+        let r = client
+            .get(
+                &format!("{broker_url}/v1/audit/checkpoints"),
+                Some(admin.trim()),
+            )
+            .await
+            .map_err(|e| fail("checkpoints", e))?;
+        let cps = r.json();
+        let newest = cps["checkpoints"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|c| c["tree_size"].as_u64())
+            .unwrap_or(0);
+        if newest >= 6 {
+            anchored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !anchored {
+        return Err(fail(
+            "audit checkpoint",
+            "no signed checkpoint covered the demo's records within 3 s",
+        ));
+    }
+    let sid = access_claims_sid(&access);
+    n.step(
+        "Audit: verify the hash chain, checkpoints and Merkle roots (firebreak audit verify)",
+        "every exchange, refusal and revocation above is a record; the log is checked against the pinned audit key",
+    );
+    crate::audit_cmd::run(
+        crate::cli::AuditCommand::Verify {
+            file: None,
+            key: None,
+            strict: false,
+            config: config_path.clone(),
+        },
+        out,
+    )
+    .await
+    .map_err(|e| fail("audit verify", e))?;
+    n.step(
+        &format!("Replay the demo session {sid} (firebreak audit replay)"),
+        "its lineage and every decision, with reasons and policy version:",
+    );
+    crate::audit_cmd::run(
+        crate::cli::AuditCommand::Replay {
+            session: sid,
+            config: config_path.clone(),
+        },
+        out,
+    )
+    .await
+    .map_err(|e| fail("audit replay", e))?;
 
     let secs = started.elapsed_secs();
     match out {

@@ -3,6 +3,7 @@
 //! Exit codes (DESIGN.md §2): 0 ok, 1 failure, 2 usage, 78 config error.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod cli;
 mod client;
 mod commands;

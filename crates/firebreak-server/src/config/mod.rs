@@ -62,6 +62,50 @@ struct RawConfig {
     targets: Vec<RawTarget>,
     #[serde(default, rename = "client")]
     clients: Vec<RawClient>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "d_write_deadline")]
+    write_deadline: ConfigDuration,
+    #[serde(default = "d_checkpoint_every")]
+    checkpoint_every: u64,
+    #[serde(default = "d_checkpoint_interval")]
+    checkpoint_interval: ConfigDuration,
+}
+
+fn d_write_deadline() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+fn d_checkpoint_every() -> u64 {
+    1000
+}
+fn d_checkpoint_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            write_deadline: d_write_deadline(),
+            checkpoint_every: d_checkpoint_every(),
+            checkpoint_interval: d_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditConfig {
+    /// A record not durable by then fails its request (503).
+    pub write_deadline: ConfigDuration,
+    /// A signed checkpoint every this many records …
+    pub checkpoint_every: u64,
+    /// … or this often, whichever comes first.
+    pub checkpoint_interval: ConfigDuration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +302,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// `[[client]]`.
     pub clients: Vec<Client>,
+    /// `[audit]`.
+    pub audit: AuditConfig,
     /// Things that load but deserve a look (e.g. a rule pinned by name but not by id).
     pub warnings: Vec<String>,
 }
@@ -905,7 +951,42 @@ impl Config {
             });
         }
 
+        // [audit]
+        let ra = raw.audit;
+        if !(10..=1_000_000).contains(&ra.checkpoint_every) {
+            return Err(c.err(
+                "audit.checkpoint_every",
+                None,
+                "must be between 10 and 1000000 records",
+            ));
+        }
+        if ra.checkpoint_interval.as_millis() < 100
+            || ra.checkpoint_interval > ConfigDuration::from_secs(3600)
+        {
+            return Err(c.err(
+                "audit.checkpoint_interval",
+                None,
+                "must be between 100ms and 1h",
+            ));
+        }
+        // The request must end within 2 s (SECURITY-TESTS.md §0): the deadline leaves room.
+        if ra.write_deadline.as_millis() < 10
+            || ra.write_deadline > ConfigDuration::from_millis(1500)
+        {
+            return Err(c.err(
+                "audit.write_deadline",
+                None,
+                "must be between 10ms and 1500ms",
+            ));
+        }
+        let audit = AuditConfig {
+            write_deadline: ra.write_deadline,
+            checkpoint_every: ra.checkpoint_every,
+            checkpoint_interval: ra.checkpoint_interval,
+        };
+
         Ok(Config {
+            audit,
             file: path.to_owned(),
             server,
             store,

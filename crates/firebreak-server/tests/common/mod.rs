@@ -137,8 +137,8 @@ impl Harness {
         let path = dir.path().join("firebreak.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
-        let store = Arc::new(SqliteStore::open(&data.join("firebreak.db")).unwrap());
         let clock = ManualClock::new(SystemClock.now());
+        let store = Arc::new(open_store(&data, &clock));
         let broker = Broker::new(config, store, Arc::new(clock.clone()))
             .await
             .unwrap();
@@ -252,6 +252,19 @@ impl Harness {
             )
             .await
     }
+}
+
+/// The SQLite store with its audit writer, as `serve` opens it.
+pub fn open_store(data: &std::path::Path, clock: &ManualClock) -> SqliteStore {
+    let key = firebreak_server::audit::load_or_create_key(data).unwrap();
+    let settings = firebreak_store::AuditSettings {
+        key,
+        checkpoint_every: 100,
+        checkpoint_interval_ms: 10_000,
+        clock: Arc::new(clock.clone()),
+        queue: 8192,
+    };
+    SqliteStore::open(&data.join("firebreak.db"), settings).unwrap()
 }
 
 pub fn basic(id: &str, secret: &str) -> String {

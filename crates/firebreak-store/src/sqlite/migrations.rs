@@ -4,9 +4,10 @@
 use rusqlite::{Connection, params};
 
 /// (version, SQL). Times are Unix milliseconds.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE replay (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE replay (
          issuer TEXT NOT NULL,
          key TEXT NOT NULL,
          expires_at INTEGER NOT NULL,
@@ -57,7 +58,30 @@ const MIGRATIONS: &[(i64, &str)] = &[(
          retire_after INTEGER
      );
      CREATE UNIQUE INDEX one_active_key ON signing_keys(state) WHERE state IN ('active', 'next');",
-)];
+    ),
+    (
+        2,
+        // The audit log. Rows are only ever inserted: the store has no update or delete for
+        // them. `json` is the record as hashed and exported; the other columns are indexes.
+        "CREATE TABLE audit_records (
+             chain TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             hash TEXT NOT NULL,
+             leaf_hash BLOB NOT NULL,
+             json TEXT NOT NULL,
+             session TEXT,
+             time INTEGER NOT NULL,
+             PRIMARY KEY (chain, seq)
+         ) WITHOUT ROWID;
+         CREATE INDEX audit_session ON audit_records(session);
+         CREATE TABLE audit_checkpoints (
+             chain TEXT NOT NULL,
+             tree_size INTEGER NOT NULL,
+             json TEXT NOT NULL,
+             PRIMARY KEY (chain, tree_size)
+         ) WITHOUT ROWID;",
+    ),
+];
 
 /// Applies every migration newer than the database's version.
 pub(super) fn run(conn: &Connection) -> rusqlite::Result<()> {

@@ -1,8 +1,11 @@
 //! The embedded SQLite backend: one file, WAL, `synchronous=FULL` so a committed exchange survives
-//! a crash. One connection behind a mutex serialises writers (SQLite allows one anyway); calls
-//! run on tokio's blocking pool so the async runtime never waits on a disk flush.
+//! a crash. Exchanges and audit records go through the group-committing writer thread
+//! (`writer.rs`) on its own connection; everything else uses a second connection behind a mutex
+//! on tokio's blocking pool, so the async runtime never waits on a disk flush. Both take the
+//! write lock up front (`BEGIN IMMEDIATE`), so SQLite serialises them.
 
 mod migrations;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,14 +14,15 @@ use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    KeyRow, KeyState, NewExchange, SessionRow, Store, StoreError, StoreFuture, TokenRow,
-    TokenStatus,
+    AuditDraft, AuditLine, AuditReceipt, AuditSettings, KeyRow, KeyState, NewExchange, SessionRow,
+    Store, StoreError, StoreFuture, TokenRow, TokenStatus,
 };
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    writer: writer::WriterHandle,
     path: PathBuf,
 }
 
@@ -31,12 +35,23 @@ impl SqliteStore {
     ///
     /// # Errors
     /// `StoreError::Open` when the file cannot be created or opened or a migration fails.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, audit: AuditSettings) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
         }
         create_private_file(path)?;
+        let conn = Self::connect(path)?;
+        migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
+        let writer = writer::start(Self::connect(path)?, audit)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            writer,
+            path: path.to_owned(),
+        })
+    }
+
+    fn connect(path: &Path) -> Result<Connection, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         conn.execute_batch(
@@ -46,11 +61,26 @@ impl SqliteStore {
              PRAGMA busy_timeout = 1000;",
         )
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_owned(),
-        })
+        Ok(conn)
+    }
+
+    /// Reads the audit log of an existing database without starting a writer (for offline
+    /// `audit verify`, `export`, `replay` while a broker may be running).
+    ///
+    /// # Errors
+    /// `StoreError::Open` when the file is missing or not a Firebreak database.
+    pub fn open_reader(path: &Path) -> Result<AuditReader, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open(format!(
+                "{}: no such database",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        Ok(AuditReader { conn })
     }
 
     /// Parses a `[store] url` of the form `sqlite:///abs/path`, `sqlite://rel/path` or
@@ -253,88 +283,355 @@ fn insert_key(tx: &Connection, k: &KeyRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl Store for SqliteStore {
-    fn commit_exchange(&self, ex: NewExchange) -> StoreFuture<'_, ()> {
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(db_err)?;
-            if let Some(r) = &ex.replay {
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO replay (issuer, key, expires_at) VALUES (?1, ?2, ?3)
+/// Applies one exchange's rows inside the caller's transaction (the writer's savepoint).
+pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), StoreError> {
+    if let Some(r) = &ex.replay {
+        let inserted = tx
+            .execute(
+                "INSERT INTO replay (issuer, key, expires_at) VALUES (?1, ?2, ?3)
                          ON CONFLICT DO NOTHING",
-                        params![r.issuer, r.key, ms(r.expires_at)],
-                    )
-                    .map_err(db_err)?;
-                if inserted == 0 {
-                    return Err(StoreError::Replay);
-                }
-            }
-            let s = &ex.session;
-            // INVARIANT (no-child-of-revoked): the parent's status is read inside the same
-            // write transaction that inserts the child, and SQLite serialises writers, so a
-            // revocation that committed first is always seen here.
-            if let Some(parent) = &s.parent {
-                match session_status_tx(&tx, parent.as_str())? {
-                    TokenStatus::Live => {}
-                    TokenStatus::Revoked => return Err(StoreError::ParentRevoked(parent.clone())),
-                    TokenStatus::Unknown => return Err(StoreError::ParentMissing(parent.clone())),
-                }
-            }
-            let agent_revoked: Option<i64> = tx
-                .query_row(
-                    "SELECT revoked_at FROM agent_state WHERE id = ?1",
-                    params![s.agent.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?
-                .flatten();
-            if agent_revoked.is_some() {
-                return Err(StoreError::ParentRevoked(s.id.clone()));
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO sessions ({SESSION_COLS})
+                params![r.issuer, r.key, ms(r.expires_at)],
+            )
+            .map_err(db_err)?;
+        if inserted == 0 {
+            return Err(StoreError::Replay);
+        }
+    }
+    let s = &ex.session;
+    // INVARIANT (no-child-of-revoked): the parent's status is read inside the same
+    // write transaction that inserts the child, and SQLite serialises writers, so a
+    // revocation that committed first is always seen here.
+    if let Some(parent) = &s.parent {
+        match session_status_tx(&tx, parent.as_str())? {
+            TokenStatus::Live => {}
+            TokenStatus::Revoked => return Err(StoreError::ParentRevoked(parent.clone())),
+            TokenStatus::Unknown => return Err(StoreError::ParentMissing(parent.clone())),
+        }
+    }
+    let agent_revoked: Option<i64> = tx
+        .query_row(
+            "SELECT revoked_at FROM agent_state WHERE id = ?1",
+            params![s.agent.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?
+        .flatten();
+    if agent_revoked.is_some() {
+        return Err(StoreError::ParentRevoked(s.id.clone()));
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO sessions ({SESSION_COLS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)"
-                ),
-                params![
-                    s.id.as_str(),
-                    s.agent.as_str(),
-                    s.parent.as_ref().map(SessionId::as_str),
-                    i64::from(s.depth),
-                    s.target.as_str(),
-                    s.audience,
-                    s.scope,
-                    s.act.to_string(),
-                    s.subject_issuer,
-                    ms(s.created_at),
-                    ms(s.expires_at),
-                ],
-            )
-            .map_err(db_err)?;
-            let t = &ex.token;
-            tx.execute(
-                "INSERT INTO tokens (jti, session, agent, audience, kid, issued_at, expires_at)
+        ),
+        params![
+            s.id.as_str(),
+            s.agent.as_str(),
+            s.parent.as_ref().map(SessionId::as_str),
+            i64::from(s.depth),
+            s.target.as_str(),
+            s.audience,
+            s.scope,
+            s.act.to_string(),
+            s.subject_issuer,
+            ms(s.created_at),
+            ms(s.expires_at),
+        ],
+    )
+    .map_err(db_err)?;
+    let t = &ex.token;
+    tx.execute(
+        "INSERT INTO tokens (jti, session, agent, audience, kid, issued_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    t.jti.as_str(),
-                    t.session.as_str(),
-                    t.agent.as_str(),
-                    t.audience,
-                    t.kid,
-                    ms(t.issued_at),
-                    ms(t.expires_at),
-                ],
-            )
-            .map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO agent_state (id, last_used) VALUES (?1, ?2)
+        params![
+            t.jti.as_str(),
+            t.session.as_str(),
+            t.agent.as_str(),
+            t.audience,
+            t.kid,
+            ms(t.issued_at),
+            ms(t.expires_at),
+        ],
+    )
+    .map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO agent_state (id, last_used) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used",
-                params![s.agent.as_str(), ms(s.created_at)],
+        params![s.agent.as_str(), ms(s.created_at)],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Read-only access to the audit tables of a database file.
+#[derive(Debug)]
+pub struct AuditReader {
+    conn: Connection,
+}
+
+impl AuditReader {
+    /// As [`Store::audit_lines`].
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn lines(&self, chain: &str, after: u64, limit: u32) -> Result<Vec<AuditLine>, StoreError> {
+        audit_lines_tx(&self.conn, chain, after, limit)
+    }
+
+    /// As [`Store::audit_chains`].
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn chains(&self) -> Result<Vec<String>, StoreError> {
+        audit_chains_tx(&self.conn)
+    }
+
+    /// As [`Store::audit_for_sessions`].
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn for_sessions(&self, sessions: &[SessionId]) -> Result<Vec<AuditLine>, StoreError> {
+        audit_for_sessions_tx(&self.conn, sessions)
+    }
+
+    /// A session row (for replay lineage).
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn session(&self, id: &SessionId) -> Result<Option<SessionRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"
+            ))
+            .map_err(db_err)?;
+        Ok(collect_sessions(&mut stmt, params![id.as_str()])?
+            .into_iter()
+            .next())
+    }
+
+    /// Direct children of a session.
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn children(&self, id: &SessionId) -> Result<Vec<SessionRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {SESSION_COLS} FROM sessions WHERE parent = ?1 ORDER BY created_at, id"
+            ))
+            .map_err(db_err)?;
+        collect_sessions(&mut stmt, params![id.as_str()])
+    }
+}
+
+fn to_u64(v: i64, table: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(table, format!("negative value {v}")))
+}
+
+fn audit_chains_tx(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT chain FROM audit_records ORDER BY chain")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+/// Records with seq > `after` (at most `limit`), each followed by the checkpoints whose tree
+/// size equals its seq: the order in which they were written.
+fn audit_lines_tx(
+    conn: &Connection,
+    chain: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<AuditLine>, StoreError> {
+    let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, json FROM audit_records WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![chain, after_i, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(db_err)?;
+    let mut records = Vec::new();
+    for r in rows {
+        let (seq, json) = r.map_err(db_err)?;
+        records.push((to_u64(seq, "audit_records")?, json));
+    }
+    let last = records.last().map_or(after, |(s, _)| *s);
+    let mut cps = conn
+        .prepare_cached(
+            "SELECT tree_size, json FROM audit_checkpoints WHERE chain = ?1 AND tree_size > ?2 AND tree_size <= ?3 ORDER BY tree_size",
+        )
+        .map_err(db_err)?;
+    let cp_rows = cps
+        .query_map(
+            params![chain, after_i, i64::try_from(last).unwrap_or(i64::MAX)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .map_err(db_err)?;
+    let mut checkpoints = std::collections::VecDeque::new();
+    for r in cp_rows {
+        let (size, json) = r.map_err(db_err)?;
+        checkpoints.push_back((to_u64(size, "audit_checkpoints")?, json));
+    }
+    // With no records after `after` but checkpoints beyond the records (a truncated log),
+    // the checkpoints still belong in the export so that verification can see the truncation.
+    let tail: Vec<(u64, String)> = if records.is_empty()
+        || u64::try_from(records.len()).unwrap_or(0) < u64::from(limit)
+    {
+        let mut t = conn
+            .prepare_cached("SELECT tree_size, json FROM audit_checkpoints WHERE chain = ?1 AND tree_size > ?2 ORDER BY tree_size")
+            .map_err(db_err)?;
+        let rows = t
+            .query_map(
+                params![chain, i64::try_from(last).unwrap_or(i64::MAX)],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
             )
             .map_err(db_err)?;
-            tx.commit().map_err(db_err)
+        let mut v = Vec::new();
+        for r in rows {
+            let (size, json) = r.map_err(db_err)?;
+            v.push((to_u64(size, "audit_checkpoints")?, json));
+        }
+        v
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(records.len() + checkpoints.len() + tail.len());
+    for (seq, json) in records {
+        out.push(AuditLine {
+            chain: chain.to_owned(),
+            seq,
+            checkpoint: false,
+            json,
+        });
+        while checkpoints.front().is_some_and(|(size, _)| *size <= seq) {
+            if let Some((size, json)) = checkpoints.pop_front() {
+                out.push(AuditLine {
+                    chain: chain.to_owned(),
+                    seq: size,
+                    checkpoint: true,
+                    json,
+                });
+            }
+        }
+    }
+    for (size, json) in checkpoints.into_iter().chain(tail) {
+        out.push(AuditLine {
+            chain: chain.to_owned(),
+            seq: size,
+            checkpoint: true,
+            json,
+        });
+    }
+    Ok(out)
+}
+
+fn audit_for_sessions_tx(
+    conn: &Connection,
+    sessions: &[SessionId],
+) -> Result<Vec<AuditLine>, StoreError> {
+    let mut out = Vec::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT chain, seq, json FROM audit_records WHERE session = ?1 ORDER BY time, chain, seq")
+        .map_err(db_err)?;
+    for s in sessions {
+        let rows = stmt
+            .query_map(params![s.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db_err)?;
+        for r in rows {
+            let (chain, seq, json) = r.map_err(db_err)?;
+            out.push(AuditLine {
+                chain,
+                seq: to_u64(seq, "audit_records")?,
+                checkpoint: false,
+                json,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn leaf_hashes_tx(conn: &Connection, chain: &str, upto: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, leaf_hash FROM audit_records WHERE chain = ?1 AND seq <= ?2 ORDER BY seq",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(
+            params![chain, i64::try_from(upto).unwrap_or(i64::MAX)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (seq, leaf) = r.map_err(db_err)?;
+        let leaf: [u8; 32] = leaf
+            .try_into()
+            .map_err(|_| corrupt("audit_records", format!("leaf hash of seq {seq}")))?;
+        out.push(leaf);
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn commit_exchange(&self, ex: NewExchange, audit: AuditDraft) -> StoreFuture<'_, AuditReceipt> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .writer
+            .send(writer::Item::Exchange(Box::new(ex), audit, tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::WriterGone)?
         })
+    }
+
+    fn append_audit(&self, audit: AuditDraft) -> StoreFuture<'_, AuditReceipt> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.writer.send(writer::Item::Audit(audit, tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::WriterGone)?
+        })
+    }
+
+    fn audit_probe(&self) -> StoreFuture<'_, ()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.writer.send(writer::Item::Probe(tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::WriterGone)?
+        })
+    }
+
+    fn audit_lines(&self, chain: &str, after: u64, limit: u32) -> StoreFuture<'_, Vec<AuditLine>> {
+        let chain = chain.to_owned();
+        self.with(move |conn| audit_lines_tx(conn, &chain, after, limit))
+    }
+
+    fn audit_chains(&self) -> StoreFuture<'_, Vec<String>> {
+        self.with(|conn| audit_chains_tx(conn))
+    }
+
+    fn audit_for_sessions(&self, sessions: Vec<SessionId>) -> StoreFuture<'_, Vec<AuditLine>> {
+        self.with(move |conn| audit_for_sessions_tx(conn, &sessions))
+    }
+
+    fn audit_leaf_hashes(&self, chain: &str, upto: u64) -> StoreFuture<'_, Vec<[u8; 32]>> {
+        let chain = chain.to_owned();
+        self.with(move |conn| leaf_hashes_tx(conn, &chain, upto))
     }
 
     fn session(&self, id: &SessionId) -> StoreFuture<'_, Option<SessionRow>> {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::ReplayGuard;
+use crate::{AuditReceipt, ReplayGuard};
 
 fn sid(s: &str) -> SessionId {
     SessionId::try_from(s).unwrap()
@@ -40,10 +40,32 @@ fn exchange(id: &str, parent: Option<&str>, agent: &str, replay: Option<&str>) -
     }
 }
 
+fn settings() -> crate::AuditSettings {
+    crate::AuditSettings {
+        key: firebreak_audit::AuditKey::generate().unwrap(),
+        checkpoint_every: 10,
+        checkpoint_interval_ms: 60_000,
+        clock: std::sync::Arc::new(firebreak_core::ManualClock::new(UnixTime::from_secs(
+            1_800_000_000,
+        ))),
+        queue: 1024,
+    }
+}
+
 fn open() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("fb.db")).unwrap();
+    let store = SqliteStore::open(&dir.path().join("fb.db"), settings()).unwrap();
     (dir, store)
+}
+
+fn draft(kind: &str) -> crate::AuditDraft {
+    let mut fields = serde_json::Map::new();
+    fields.insert("kind".into(), serde_json::json!(kind));
+    crate::AuditDraft {
+        fields,
+        time: UnixTime::from_secs(1_800_000_000),
+        session: None,
+    }
 }
 
 /// SECURITY-TESTS.md X04 (SQLite twin): a replay key is accepted once, on one node, sequentially.
@@ -51,16 +73,16 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
 async fn x04_replay_key_accepted_once() {
     let (_d, store) = open();
     store
-        .commit_exchange(exchange("s1", None, "bot", Some("jti-a")))
+        .commit_exchange_t(exchange("s1", None, "bot", Some("jti-a")))
         .await
         .unwrap();
     let again = store
-        .commit_exchange(exchange("s2", None, "bot", Some("jti-a")))
+        .commit_exchange_t(exchange("s2", None, "bot", Some("jti-a")))
         .await;
     assert!(matches!(again, Err(StoreError::Replay)));
     // Positive twin: another key passes, and the refused attempt left nothing behind.
     store
-        .commit_exchange(exchange("s3", None, "bot", Some("jti-b")))
+        .commit_exchange_t(exchange("s3", None, "bot", Some("jti-b")))
         .await
         .unwrap();
     assert!(store.session(&sid("s2")).await.unwrap().is_none());
@@ -82,22 +104,22 @@ async fn x17_no_child_after_parent_revoked() {
     let (_d, store) = open();
     let at = UnixTime::from_secs(1_800_000_100);
     store
-        .commit_exchange(exchange("root", None, "bot", Some("r")))
+        .commit_exchange_t(exchange("root", None, "bot", Some("r")))
         .await
         .unwrap();
     store
-        .commit_exchange(exchange("child", Some("root"), "bot", None))
+        .commit_exchange_t(exchange("child", Some("root"), "bot", None))
         .await
         .unwrap();
     store
-        .commit_exchange(exchange("grandchild", Some("child"), "sub", None))
+        .commit_exchange_t(exchange("grandchild", Some("child"), "sub", None))
         .await
         .unwrap();
     let mut revoked = store.revoke_session_tree(&sid("root"), at).await.unwrap();
     revoked.sort();
     assert_eq!(revoked, vec![sid("child"), sid("grandchild"), sid("root")]);
     let late = store
-        .commit_exchange(exchange("late", Some("child"), "sub", None))
+        .commit_exchange_t(exchange("late", Some("child"), "sub", None))
         .await;
     assert!(matches!(late, Err(StoreError::ParentRevoked(p)) if p == sid("child")));
     for s in ["root", "child", "grandchild"] {
@@ -127,11 +149,11 @@ async fn revoking_an_agent_revokes_its_sessions_and_blocks_new_ones() {
     let (_d, store) = open();
     let bot = AgentId::try_from("bot").unwrap();
     store
-        .commit_exchange(exchange("a1", None, "bot", Some("1")))
+        .commit_exchange_t(exchange("a1", None, "bot", Some("1")))
         .await
         .unwrap();
     store
-        .commit_exchange(exchange("b1", None, "other", Some("2")))
+        .commit_exchange_t(exchange("b1", None, "other", Some("2")))
         .await
         .unwrap();
     let revoked = store
@@ -149,7 +171,7 @@ async fn revoking_an_agent_revokes_its_sessions_and_blocks_new_ones() {
     );
     assert!(store.agent_revoked_at(&bot).await.unwrap().is_some());
     let new = store
-        .commit_exchange(exchange("a2", None, "bot", Some("3")))
+        .commit_exchange_t(exchange("a2", None, "bot", Some("3")))
         .await;
     assert!(matches!(new, Err(StoreError::ParentRevoked(_))));
 }
@@ -174,7 +196,7 @@ async fn keys_rotate_next_active_retiring_retired_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fb.db");
     {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, settings()).unwrap();
         assert!(
             store
                 .init_keys(vec![key("k1", KeyState::Active), key("k2", KeyState::Next)])
@@ -193,7 +215,7 @@ async fn keys_rotate_next_active_retiring_retired_and_survive_restart() {
             .await
             .unwrap();
     }
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path, settings()).unwrap();
     let states: Vec<_> = store
         .keys()
         .await
@@ -265,4 +287,61 @@ fn sqlite_urls() {
     );
     assert_eq!(SqliteStore::path_from_url("postgres://h/db"), None);
     assert_eq!(SqliteStore::path_from_url("sqlite://"), None);
+}
+
+trait CommitT {
+    async fn commit_exchange_t(&self, ex: NewExchange) -> Result<AuditReceipt, StoreError>;
+}
+
+impl CommitT for SqliteStore {
+    async fn commit_exchange_t(&self, ex: NewExchange) -> Result<AuditReceipt, StoreError> {
+        self.commit_exchange(ex, draft("exchange")).await
+    }
+}
+
+/// Group commit keeps one gap-free chain: concurrent writers, refused items in the middle of a
+/// batch (replays) leave no hole, and checkpoints land every 10 records.
+#[tokio::test]
+async fn concurrent_appends_form_one_gap_free_chain_with_checkpoints() {
+    let (_d, store) = open();
+    let store = std::sync::Arc::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                s.append_audit(draft("decision")).await.map(|_| ())
+            } else {
+                // Half of the exchanges reuse replay key "same": only the first of them succeeds.
+                let key = if i % 4 == 1 {
+                    "same".to_owned()
+                } else {
+                    format!("k{i}")
+                };
+                s.commit_exchange_t(exchange(&format!("s{i}"), None, "bot", Some(&key)))
+                    .await
+                    .map(|_| ())
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    let lines = store
+        .audit_lines(crate::BROKER_CHAIN, 0, 100_000)
+        .await
+        .unwrap();
+    let records: Vec<u64> = lines
+        .iter()
+        .filter(|l| !l.checkpoint)
+        .map(|l| l.seq)
+        .collect();
+    assert_eq!(records.len(), ok);
+    assert_eq!(records, (1..=ok as u64).collect::<Vec<_>>(), "gap-free");
+    let cps = lines.iter().filter(|l| l.checkpoint).count();
+    assert_eq!(cps, ok / 10);
+    assert!(store.audit_probe().await.is_ok());
 }
