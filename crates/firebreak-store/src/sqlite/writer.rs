@@ -179,6 +179,8 @@ fn commit_batch(
                     if r.is_err() {
                         // The savepoint rolled back, so the chain must not have moved either.
                         *chain = snapshot;
+                    } else {
+                        checkpoint_if_due(&tx, settings, chain, false)?;
                     }
                     outcomes.push(Outcome::Record(reply, r));
                 }
@@ -187,43 +189,16 @@ fn commit_batch(
                     let r = with_savepoint(&mut tx, |sp| append(sp, chain, draft));
                     if r.is_err() {
                         *chain = snapshot;
+                    } else {
+                        checkpoint_if_due(&tx, settings, chain, false)?;
                     }
                     outcomes.push(Outcome::Record(reply, r));
                 }
                 Item::Probe(reply) => outcomes.push(Outcome::Probe(reply)),
             }
         }
-        let now = settings.clock.now();
-        let by_count = chain.head.seq
-            >= chain
-                .last_checkpoint_size
-                .saturating_add(settings.checkpoint_every);
-        let by_time = chain.head.seq > chain.last_checkpoint_size
-            && now.as_millis()
-                >= chain.last_checkpoint_at.as_millis().saturating_add(
-                    i64::try_from(settings.checkpoint_interval_ms).unwrap_or(i64::MAX),
-                );
-        if by_count || by_time {
-            let cp = sign_checkpoint(
-                BROKER_CHAIN,
-                chain.head.seq,
-                &chain.tree.root(),
-                now,
-                &settings.key,
-            )
-            .map_err(|e| StoreError::Audit(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO audit_checkpoints (chain, tree_size, json) VALUES (?1, ?2, ?3)",
-                params![
-                    BROKER_CHAIN,
-                    i64::try_from(chain.head.seq).unwrap_or(i64::MAX),
-                    cp.to_string()
-                ],
-            )
-            .map_err(db_err)?;
-            chain.last_checkpoint_size = chain.head.seq;
-            chain.last_checkpoint_at = now;
-        }
+        // Checkpoints by count were cut after each record; by time, one more covers the rest.
+        checkpoint_if_due(&tx, settings, chain, true)?;
         tx.commit().map_err(db_err)
     })();
     match result {
@@ -260,6 +235,50 @@ fn commit_batch(
             }
         }
     }
+}
+
+/// Signs and stores a checkpoint when `checkpoint_every` records have passed since the last one
+/// (exactly at that count), or, with `by_time`, when the interval has passed and records are
+/// unanchored.
+fn checkpoint_if_due(
+    tx: &Connection,
+    settings: &AuditSettings,
+    chain: &mut Chain,
+    by_time: bool,
+) -> Result<(), StoreError> {
+    let now = settings.clock.now();
+    let pending = chain.head.seq.saturating_sub(chain.last_checkpoint_size);
+    let count_due = pending >= settings.checkpoint_every;
+    let time_due = by_time
+        && pending > 0
+        && now.as_millis()
+            >= chain
+                .last_checkpoint_at
+                .as_millis()
+                .saturating_add(i64::try_from(settings.checkpoint_interval_ms).unwrap_or(i64::MAX));
+    if !(count_due || time_due) {
+        return Ok(());
+    }
+    let cp = sign_checkpoint(
+        BROKER_CHAIN,
+        chain.head.seq,
+        &chain.tree.root(),
+        now,
+        &settings.key,
+    )
+    .map_err(|e| StoreError::Audit(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO audit_checkpoints (chain, tree_size, json) VALUES (?1, ?2, ?3)",
+        params![
+            BROKER_CHAIN,
+            i64::try_from(chain.head.seq).unwrap_or(i64::MAX),
+            cp.to_string()
+        ],
+    )
+    .map_err(db_err)?;
+    chain.last_checkpoint_size = chain.head.seq;
+    chain.last_checkpoint_at = now;
+    Ok(())
 }
 
 /// Runs `f` in a savepoint; on error it rolls back and the chain state is restored.
