@@ -22,6 +22,7 @@ use serde_json::Value;
 
 const AUD: &str = "https://fb.test";
 const TOOLS: &str = "https://gw.test/tools";
+const CLIENT_SECRET: &str = "a06-client-secret-value";
 
 fn config(dir: &Path, issuer: &str, deadline: &str) -> PathBuf {
     let text = format!(
@@ -54,6 +55,12 @@ tier = "write"
 identity = {{ issuer = "gh", claims = {{ repository = "acme/api", repository_id = "4242", ref = "refs/heads/main" }}, events = ["push"] }}
 grants = [{{ target = "tools", scopes = ["read"] }}]
 
+[[client]]
+id = "rs"
+secret_sha256 = "{secret_hash}"
+roles = ["introspect", "revoke"]
+audiences = ["{TOOLS}"]
+
 [[target]]
 id = "tools"
 audience = "{TOOLS}"
@@ -62,7 +69,8 @@ tenant = "acme"
 environment = "production"
 tier = "write"
 "#,
-        data = dir.join("data").display()
+        data = dir.join("data").display(),
+        secret_hash = firebreak_token::sha256_hex(CLIENT_SECRET.as_bytes()),
     );
     let p = dir.join("firebreak.toml");
     std::fs::write(&p, text).unwrap();
@@ -72,6 +80,7 @@ tier = "write"
 struct Server {
     child: Child,
     url: String,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -83,18 +92,26 @@ impl Drop for Server {
 
 /// Starts `firebreak serve` and waits for its "broker listening" line (a readiness signal).
 fn serve(config: &Path) -> Server {
+    serve_with(config, "info")
+}
+
+fn serve_with(config: &Path, log: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["--log-format", "json", "serve", "--config"])
         .arg(config)
+        .env("RUST_LOG", log)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let collected: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&collected);
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line.clone());
             if !sent {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if let Some(local) = v["fields"]["local"].as_str() {
@@ -111,6 +128,7 @@ fn serve(config: &Path) -> Server {
     Server {
         child,
         url: format!("http://{local}"),
+        stderr: collected,
     }
 }
 
@@ -337,4 +355,120 @@ async fn f3_stalled_audit_sink_fails_within_bound() {
     }
     assert!(ok, "did not recover within 2 s of the release");
     assert_eq!(audit(&cfg, &["verify"]).status.code(), Some(0));
+}
+
+/// SECURITY-TESTS.md A06: with trace logging, no raw subject token, access token, client secret
+/// or admin token (nor any of the tokens' base64 segments) appears in stderr, the audit store,
+/// exports, /metrics or problem bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a06_secrets_never_in_clear() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::start(Algorithm::Es256).await;
+    let cfg = config(dir.path(), &issuer.url, "1s");
+    let server = serve_with(&cfg, "trace");
+    let http = HttpClient::default();
+    let url = server.url.clone();
+    let claims = issuer.github_claims(AUD, "acme/api", "refs/heads/main", SystemClock.now());
+    let subject = issuer.sign(&claims);
+    let body = encode_pairs([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", subject.as_str()),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", TOOLS),
+    ]);
+    let r = http
+        .post_form(&format!("{url}/oauth2/token"), &[], &body)
+        .await;
+    assert_eq!(r.status, 200);
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    let mut bodies = Vec::new();
+    // A replay (refused), an introspection and a revocation with client credentials.
+    bodies.push(
+        http.post_form(&format!("{url}/oauth2/token"), &[], &body)
+            .await
+            .body,
+    );
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("rs:{CLIENT_SECRET}"))
+    );
+    let tb = encode_pairs([("token", access.as_str())]);
+    bodies.push(
+        http.post_form(
+            &format!("{url}/oauth2/introspect"),
+            &[("authorization", &auth)],
+            &tb,
+        )
+        .await
+        .body,
+    );
+    bodies.push(
+        http.post_form(
+            &format!("{url}/oauth2/revoke"),
+            &[("authorization", &auth)],
+            &tb,
+        )
+        .await
+        .body,
+    );
+    bodies.push(
+        http.get(
+            &format!("{url}/v1/agents"),
+            &[("authorization", &format!("Bearer {access}"))],
+        )
+        .await
+        .body,
+    );
+    let admin = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let auth_admin = format!("Bearer {}", admin.trim());
+    bodies.push(
+        http.get(
+            &format!("{url}/v1/sessions"),
+            &[("authorization", &auth_admin)],
+        )
+        .await
+        .body,
+    );
+    let metrics = http.get(&format!("{url}/metrics"), &[]).await.body;
+    let stderr = Arc::clone(&server.stderr);
+    drop(server);
+
+    let mut haystack = String::new();
+    haystack.push_str(&String::from_utf8_lossy(&audit(&cfg, &["export"]).stdout));
+    haystack.push_str(&String::from_utf8_lossy(
+        &audit(&cfg, &["export", "--format", "ocsf"]).stdout,
+    ));
+    for b in bodies.iter().chain(std::iter::once(&metrics)) {
+        haystack.push_str(&String::from_utf8_lossy(b));
+    }
+    for f in ["firebreak.db", "firebreak.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join("data").join(f)) {
+            haystack.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    // Everything the server wrote to stderr at trace level (its reader thread collected it).
+    let logs = stderr.lock().unwrap().join("\n");
+    assert!(logs.contains("exchange issued"), "trace logs were captured");
+    haystack.push_str(&logs);
+    let mut secrets = vec![
+        subject.clone(),
+        access.clone(),
+        CLIENT_SECRET.to_owned(),
+        admin.trim().to_owned(),
+    ];
+    for t in [&subject, &access] {
+        // Payload and signature segments are secret material; the header is shared by design.
+        secrets.extend(t.split('.').skip(1).map(str::to_owned));
+    }
+    for s in &secrets {
+        assert!(
+            !haystack.contains(s.as_str()),
+            "secret material found in output: {}…",
+            &s[..12.min(s.len())]
+        );
+    }
 }
