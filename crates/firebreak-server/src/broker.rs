@@ -301,7 +301,7 @@ impl Broker {
 
     /// Client authentication (RFC 6749 §2.3.1): HTTP Basic, or `client_id`/`client_secret` in
     /// the form, never both. `Ok(None)`: no client credentials were presented.
-    fn client(
+    pub(crate) fn client(
         &self,
         headers: &HeaderMap,
         form: &Form,
@@ -525,17 +525,10 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
         request_id: request_id.clone(),
         ..ExchangeTrace::default()
     };
-    // Client authentication is optional for RFC 8693, but presented credentials must be valid.
-    let client_check = Form::parse(&body, &["audience", "resource"])
-        .map_err(BrokerError::from)
-        .and_then(|f| b.client(&headers, &f).map(|_| ()));
-    let result = match client_check {
-        Ok(()) => b.exchange(&body, &mut trace).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match b.exchange(&headers, &body, &mut trace).await {
         Ok(r) => {
-            tracing::info!(
+            // Every issued token has its audit record; the log line is for debugging only.
+            tracing::debug!(
                 request_id,
                 agent = trace.agent,
                 target = trace.target,
@@ -543,7 +536,7 @@ async fn token_handler(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
                 session = trace.session,
                 "exchange issued"
             );
-            no_store(axum::Json(r).into_response())
+            with_request_id(no_store(axum::Json(r).into_response()), &request_id)
         }
         Err(e) => {
             tracing::info!(request_id, agent = trace.agent, target = trace.target, reason = e.reason().as_str(), detail = %e, "exchange refused");

@@ -38,7 +38,7 @@ impl TokenRequest {
     /// Parses the form. `audience` and `resource` may repeat only to be refused as naming more
     /// than one target (`invalid_target`, X09); every other parameter repeated is
     /// `invalid_request` (X16).
-    pub fn parse(body: &[u8]) -> Result<Self, BrokerError> {
+    pub fn parse(body: &[u8]) -> Result<(Self, Form), BrokerError> {
         let form = Form::parse(body, &["audience", "resource"])?;
         match form.get("grant_type") {
             None => return Err(BrokerError::Missing("grant_type")),
@@ -81,14 +81,17 @@ impl TokenRequest {
         {
             return Err(BrokerError::BadRequest("purpose"));
         }
-        Ok(Self {
-            subject_token: subject_token.to_owned(),
-            subject_type,
-            actor,
-            targets,
-            scope,
-            purpose,
-        })
+        Ok((
+            Self {
+                subject_token: subject_token.to_owned(),
+                subject_type,
+                actor,
+                targets,
+                scope,
+                purpose,
+            },
+            form,
+        ))
     }
 }
 
@@ -127,11 +130,12 @@ impl Broker {
     /// One token exchange.
     pub async fn exchange(
         &self,
+        headers: &http::HeaderMap,
         body: &[u8],
         trace: &mut ExchangeTrace,
     ) -> Result<TokenResponse, BrokerError> {
         let timer = Stopwatch::start();
-        let result = self.exchange_inner(body, trace).await;
+        let result = self.exchange_inner(headers, body, trace).await;
         if let Err(e) = &result {
             self.audit_refusal(e, trace).await;
         }
@@ -176,11 +180,14 @@ impl Broker {
 
     async fn exchange_inner(
         &self,
+        headers: &http::HeaderMap,
         body: &[u8],
         trace: &mut ExchangeTrace,
     ) -> Result<TokenResponse, BrokerError> {
         // Parse: strict form, one value per parameter.
-        let req = TokenRequest::parse(body)?;
+        let (req, form) = TokenRequest::parse(body)?;
+        // Client authentication is optional in RFC 8693, but presented credentials must hold.
+        self.client(headers, &form)?;
         // One snapshot of the key ring for the whole request: the key that verifies a parent
         // token and the key that signs are from the same moment, whatever a rotation does.
         let keys = self.keys();

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod metrics;
 pub mod scope;
 pub mod subject;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,10 +47,19 @@ pub async fn serve(
             }
         })
     };
+    let tls = broker.config().server.tls.clone();
     let app = router(broker);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some((cert, key)) => match tls::acceptor(&cert, &key) {
+            Ok(acceptor) => tls::serve(listener, acceptor, app, shutdown).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+    };
     upkeep.abort();
     result
 }

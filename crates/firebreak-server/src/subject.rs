@@ -180,11 +180,9 @@ impl Verifier {
         if agent.expires.as_secs() <= now {
             return Err(SubjectError::AgentExpired);
         }
-        match self.store.agent_revoked_at(&agent.id).await {
-            Ok(None) => {}
-            Ok(Some(_)) => return Err(SubjectError::Revoked),
-            Err(_) => return Err(SubjectError::StoreUnavailable),
-        }
+        // A revoked agent is refused inside the commit transaction (`commit_exchange`), where
+        // the check cannot race the revocation; reading it here as well would cost a store
+        // round trip per exchange and prove less.
         let replay_key = claims
             .jti
             .clone()

@@ -119,6 +119,8 @@ struct RawServer {
     signing_alg: Algorithm,
     #[serde(default)]
     danger_allow_http: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -319,6 +321,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Signing algorithm for issued tokens.
     pub signing_alg: Algorithm,
+    /// TLS certificate chain and key (PEM); plain HTTP when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[store]`.
@@ -611,6 +615,11 @@ impl Config {
             public_url: public_url.clone(),
             data_dir: data_dir.clone(),
             signing_alg: raw.server.signing_alg,
+            tls: match (raw.server.tls_cert, raw.server.tls_key) {
+                (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+                (None, None) => None,
+                _ => return Err(c.err("server", None, "tls_cert and tls_key go together")),
+            },
         };
         let store = StoreConfig {
             url: raw

@@ -43,7 +43,7 @@ impl SqliteStore {
         create_private_file(path)?;
         let conn = Self::connect(path)?;
         migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
-        let writer = writer::start(Self::connect(path)?, audit)?;
+        let writer = writer::start(Self::connect(path)?, Self::connect(path)?, audit)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writer,
@@ -285,13 +285,14 @@ fn insert_key(tx: &Connection, k: &KeyRow) -> Result<(), StoreError> {
 
 /// Applies one exchange's rows inside the caller's transaction (the writer's savepoint).
 pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), StoreError> {
+    // Cached statements: this runs once per exchange, on the hot path.
     if let Some(r) = &ex.replay {
         let inserted = tx
-            .execute(
+            .prepare_cached(
                 "INSERT INTO replay (issuer, key, expires_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT DO NOTHING",
-                params![r.issuer, r.key, ms(r.expires_at)],
+                 ON CONFLICT DO NOTHING",
             )
+            .and_then(|mut st| st.execute(params![r.issuer, r.key, ms(r.expires_at)]))
             .map_err(db_err)?;
         if inserted == 0 {
             return Err(StoreError::Replay);
@@ -302,30 +303,30 @@ pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), St
     // write transaction that inserts the child, and SQLite serialises writers, so a
     // revocation that committed first is always seen here.
     if let Some(parent) = &s.parent {
-        match session_status_tx(&tx, parent.as_str())? {
+        match session_status_tx(tx, parent.as_str())? {
             TokenStatus::Live => {}
             TokenStatus::Revoked => return Err(StoreError::ParentRevoked(parent.clone())),
             TokenStatus::Unknown => return Err(StoreError::ParentMissing(parent.clone())),
         }
     }
+    // The agent's revocation is checked here, in the transaction, for the same reason.
     let agent_revoked: Option<i64> = tx
-        .query_row(
-            "SELECT revoked_at FROM agent_state WHERE id = ?1",
-            params![s.agent.as_str()],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT revoked_at FROM agent_state WHERE id = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![s.agent.as_str()], |r| r.get(0))
+                .optional()
+        })
         .map_err(db_err)?
         .flatten();
     if agent_revoked.is_some() {
         return Err(StoreError::ParentRevoked(s.id.clone()));
     }
-    tx.execute(
-        &format!(
-            "INSERT INTO sessions ({SESSION_COLS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)"
-        ),
-        params![
+    tx.prepare_cached(&format!(
+        "INSERT INTO sessions ({SESSION_COLS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
             s.id.as_str(),
             s.agent.as_str(),
             s.parent.as_ref().map(SessionId::as_str),
@@ -337,14 +338,16 @@ pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), St
             s.subject_issuer,
             ms(s.created_at),
             ms(s.expires_at),
-        ],
-    )
+        ])
+    })
     .map_err(db_err)?;
     let t = &ex.token;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO tokens (jti, session, agent, audience, kid, issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             t.jti.as_str(),
             t.session.as_str(),
             t.agent.as_str(),
@@ -352,14 +355,14 @@ pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), St
             t.kid,
             ms(t.issued_at),
             ms(t.expires_at),
-        ],
-    )
+        ])
+    })
     .map_err(db_err)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO agent_state (id, last_used) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used",
-        params![s.agent.as_str(), ms(s.created_at)],
+         ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used",
     )
+    .and_then(|mut st| st.execute(params![s.agent.as_str(), ms(s.created_at)]))
     .map_err(db_err)?;
     Ok(())
 }

@@ -114,14 +114,41 @@ fn load_chain(conn: &Connection, now: UnixTime) -> Result<Chain, StoreError> {
 }
 
 /// Starts the writer thread on its own connection.
-pub(super) fn start(conn: Connection, settings: AuditSettings) -> Result<WriterHandle, StoreError> {
+pub(super) fn start(
+    conn: Connection,
+    checkpointer: Connection,
+    settings: AuditSettings,
+) -> Result<WriterHandle, StoreError> {
     let chain = load_chain(&conn, settings.clock.now())?;
+    // WAL checkpoints copy pages back into the database file; done inline they stall a group
+    // commit (and every request in it). A separate connection does them in the background.
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+        .map_err(db_err)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_cp = std::sync::Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("firebreak-wal-checkpoint".into())
+        .spawn(move || wal_checkpoints(checkpointer, &stop_cp))
+        .map_err(|e| StoreError::Open(format!("wal checkpointer: {e}")))?;
     let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
     std::thread::Builder::new()
         .name("firebreak-audit-writer".into())
-        .spawn(move || run(conn, rx, settings, chain))
+        .spawn(move || {
+            run(conn, rx, settings, chain);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
         .map_err(|e| StoreError::Open(format!("audit writer: {e}")))?;
     Ok(WriterHandle { tx })
+}
+
+/// Passive WAL checkpoints twice a second; never blocks writers. Ends with the writer.
+fn wal_checkpoints(conn: Connection, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
+    }
 }
 
 fn run(mut conn: Connection, rx: Receiver<Item>, settings: AuditSettings, mut chain: Chain) {
@@ -309,10 +336,12 @@ fn append(
 ) -> Result<AuditReceipt, StoreError> {
     let sealed = seal(draft.fields, BROKER_CHAIN, draft.time, &chain.head)
         .map_err(|e| StoreError::Audit(e.to_string()))?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit_records (chain, seq, hash, leaf_hash, json, session, time)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             BROKER_CHAIN,
             i64::try_from(sealed.seq).unwrap_or(i64::MAX),
             sealed.hash,
@@ -323,8 +352,8 @@ fn append(
                 .as_ref()
                 .map(firebreak_core::SessionId::as_str),
             draft.time.as_millis(),
-        ],
-    )
+        ])
+    })
     .map_err(db_err)?;
     chain.tree.push(sealed.leaf_hash);
     chain.head = ChainHead {
