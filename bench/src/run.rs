@@ -44,11 +44,7 @@ pub struct Opts {
     #[arg(long)]
     firebreak: Option<PathBuf>,
     /// The shared bench kit (peers/, load).
-    #[arg(
-        long,
-        env = "FIREBREAK_BENCH_KIT",
-        default_value = "/work/shared/bench"
-    )]
+    #[arg(long, env = "FIREBREAK_BENCH_KIT", default_value = "../shared/bench")]
     kit: PathBuf,
     /// Skip the oidc-provider peer.
     #[arg(long)]

@@ -184,3 +184,88 @@ pub fn sign_checkpoint(
     }
     Ok(cp)
 }
+
+/// What a checkpoint verified by [`verify_checkpoint`] asserts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedCheckpoint {
+    /// Its chain.
+    pub chain: String,
+    /// The tree size it signs.
+    pub tree_size: u64,
+    /// The root it signs.
+    pub root: [u8; 32],
+}
+
+/// Checks one checkpoint on its own: exactly the seven members of the format, `key_id` naming
+/// `key`, and a valid signature. The caller then compares `root` with its own tree (ingest of a
+/// gateway's chain, where the whole log is not re-verified).
+///
+/// # Errors
+/// [`AuditError::CheckpointInvalid`] naming the first member that failed.
+pub fn verify_checkpoint(
+    cp: &Value,
+    key: &AuditPublicKey,
+) -> Result<CheckedCheckpoint, AuditError> {
+    let obj = cp
+        .as_object()
+        .ok_or(AuditError::CheckpointInvalid("object"))?;
+    const MEMBERS: [&str; 7] = [
+        "kind",
+        "chain",
+        "tree_size",
+        "root",
+        "time",
+        "key_id",
+        "signature",
+    ];
+    if obj.len() != MEMBERS.len() || MEMBERS.iter().any(|m| !obj.contains_key(*m)) {
+        return Err(AuditError::CheckpointInvalid("members"));
+    }
+    let text = |k: &'static str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .ok_or(AuditError::CheckpointInvalid(k))
+    };
+    if text("kind")? != "checkpoint" {
+        return Err(AuditError::CheckpointInvalid("kind"));
+    }
+    let chain = text("chain")?.to_owned();
+    let tree_size = obj
+        .get("tree_size")
+        .and_then(Value::as_u64)
+        .filter(|n| *n <= MAX_SAFE_INTEGER)
+        .ok_or(AuditError::CheckpointInvalid("tree_size"))?;
+    let root_hex = text("root")?;
+    let mut root = [0u8; 32];
+    if root_hex.len() != 64
+        || !root_hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(AuditError::CheckpointInvalid("root"));
+    }
+    for (i, r) in root.iter_mut().enumerate() {
+        *r = root_hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or(AuditError::CheckpointInvalid("root"))?;
+    }
+    text("time")?;
+    if text("key_id")? != key.key_id() {
+        return Err(AuditError::CheckpointInvalid("key_id"));
+    }
+    let sig = URL_SAFE_NO_PAD
+        .decode(text("signature")?)
+        .map_err(|_| AuditError::CheckpointInvalid("signature"))?;
+    let mut unsigned = obj.clone();
+    unsigned.remove("signature");
+    let msg = canonicalize(&Value::Object(unsigned))?;
+    if !key.verifies(&msg, &sig) {
+        return Err(AuditError::CheckpointInvalid("signature"));
+    }
+    Ok(CheckedCheckpoint {
+        chain,
+        tree_size,
+        root,
+    })
+}

@@ -15,7 +15,7 @@ mod record;
 mod verify;
 
 pub use jcs::canonicalize;
-pub use key::{AuditKey, AuditPublicKey, sign_checkpoint};
+pub use key::{AuditKey, AuditPublicKey, CheckedCheckpoint, sign_checkpoint, verify_checkpoint};
 pub use record::{ChainHead, Sealed, seal};
 pub use verify::{ChainReport, Report, VerifyFailure, VerifyOptions, verify_items, verify_lines};
 
@@ -42,6 +42,10 @@ pub enum AuditError {
     /// Caller bug: a record's `kind` may not be `checkpoint`, which marks checkpoints in exports.
     #[error("a record may not have kind `checkpoint`")]
     CheckpointKind,
+    /// A checkpoint offered for verification is malformed or its signature does not verify
+    /// under the given key; the member named is the first that failed.
+    #[error("checkpoint not valid: {0}")]
+    CheckpointInvalid(&'static str),
     /// Caller bug: the chain id is empty.
     #[error("chain id is empty")]
     EmptyChain,

@@ -13,4 +13,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use ids::{AgentId, IdError, Jti, SessionId, TargetId};
 pub use reason::Reason;
-pub use time::{UnixTime, civil_from_days, days_from_civil, format_rfc3339_millis, parse_date};
+pub use time::{
+    UnixTime, civil_from_days, days_from_civil, format_rfc3339_millis, parse_date,
+    parse_rfc3339_millis,
+};

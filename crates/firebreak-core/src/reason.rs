@@ -56,6 +56,8 @@ pub enum Reason {
     TokenTypeMismatch,
     /// The token is larger than the configured limit.
     TokenTooLarge,
+    /// An ingested audit chain did not verify.
+    AuditChainRejected,
 }
 
 impl Reason {
@@ -87,6 +89,7 @@ impl Reason {
             Self::UnknownIssuer => "unknown_issuer",
             Self::TokenTypeMismatch => "token_type_mismatch",
             Self::TokenTooLarge => "token_too_large",
+            Self::AuditChainRejected => "audit_chain_rejected",
         }
     }
 }

@@ -88,6 +88,29 @@ pub fn parse_date(s: &str) -> Option<UnixTime> {
     Some(UnixTime::from_secs(days.checked_mul(86_400)?))
 }
 
+/// Parses exactly the format [`format_rfc3339_millis`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn parse_rfc3339_millis(s: &str) -> Option<UnixTime> {
+    if s.len() != 24 || !s.ends_with('Z') {
+        return None;
+    }
+    let day = parse_date(s.get(..10)?)?;
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|p| p.parse::<i64>().ok());
+    if s.get(10..11)? != "T"
+        || s.get(13..14)? != ":"
+        || s.get(16..17)? != ":"
+        || s.get(19..20)? != "."
+    {
+        return None;
+    }
+    let (h, mi, sec, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    Some(UnixTime::from_millis(
+        day.as_millis() + ((h * 60 + mi) * 60 + sec) * 1000 + ms,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +125,14 @@ mod tests {
             format_rfc3339_millis(UnixTime::from_millis(1_796_107_012_345)),
             "2026-12-01T06:36:52.345Z"
         );
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = UnixTime::from_millis(1_796_107_012_345);
+        assert_eq!(parse_rfc3339_millis(&format_rfc3339_millis(t)), Some(t));
+        assert_eq!(parse_rfc3339_millis("2026-12-01T24:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_millis("2026-12-01 06:36:52.345Z"), None);
     }
 
     #[test]

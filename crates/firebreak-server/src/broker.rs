@@ -1046,9 +1046,9 @@ async fn audit_proof(
         let lines = export_lines(b.store.as_ref(), Some(&chain), 0).await?;
         let checkpoint: Option<Value> = lines
             .iter()
+            .rev()
             .filter(|l| l.checkpoint && l.seq >= seq)
-            .filter_map(|l| serde_json::from_str(&l.json).ok())
-            .last();
+            .find_map(|l| serde_json::from_str(&l.json).ok());
         let size = match &checkpoint {
             Some(c) => c
                 .get("tree_size")
@@ -1081,6 +1081,40 @@ async fn audit_proof(
             "proof": proof.iter().map(hexs).collect::<Vec<_>>(),
             "checkpoint": checkpoint,
         }))
+    }
+    .await;
+    admin_response(r)
+}
+
+/// Largest ingest batch.
+const MAX_INGEST: usize = 8 << 20;
+
+async fn audit_ingest(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
+    let r: Result<Value, BrokerError> = async {
+        let client = match b.client(&headers, &Form::default())? {
+            Some(c) if c.roles.contains(&Role::Stream) => c,
+            Some(_) => return Err(BrokerError::Forbidden),
+            None => return Err(BrokerError::Unauthenticated),
+        };
+        // Without a registered key its checkpoints could not be checked: refuse the chain.
+        let key = client.audit_key.as_ref().ok_or(BrokerError::Forbidden)?;
+        let bytes = axum::body::to_bytes(body, MAX_INGEST)
+            .await
+            .map_err(|_| BrokerError::BodyTooLarge)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| BrokerError::BadRequest("utf-8"))?;
+        match crate::ingest::ingest(b.store.as_ref(), &client.id, key, text).await {
+            Ok((accepted, head)) => {
+                Ok(json!({ "chain": client.id, "accepted": accepted, "head_seq": head }))
+            }
+            Err(crate::ingest::IngestError::Store(firebreak_store::StoreError::HeadMoved)) => {
+                Err(BrokerError::Conflict("chain head moved; retry"))
+            }
+            Err(crate::ingest::IngestError::Store(e)) => Err(BrokerError::Store(e)),
+            Err(e) => {
+                tracing::warn!(chain = client.id, error = %e, "audit ingest refused");
+                Err(BrokerError::IngestRefused(e.to_string()))
+            }
+        }
     }
     .await;
     admin_response(r)
@@ -1124,6 +1158,7 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/v1/audit/checkpoints", get(audit_checkpoints))
         .route("/v1/audit/proof", get(audit_proof))
         .route("/v1/audit/key", get(audit_key))
+        .route("/v1/audit/ingest", post(audit_ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

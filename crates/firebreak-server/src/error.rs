@@ -197,6 +197,9 @@ pub enum BrokerError {
     /// Admin API: the operation conflicts with current state.
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// An ingested audit chain was refused (the cause is logged).
+    #[error("ingest refused: {0}")]
+    IngestRefused(String),
     /// The audit record could not be made durable within the write deadline: fail closed.
     #[error("audit unavailable: {0}")]
     AuditUnavailable(String),
@@ -222,6 +225,7 @@ impl BrokerError {
             E::NoLifetime => Reason::TokenExpired,
             E::Store(_) | E::Signing(_) => Reason::StoreUnavailable,
             E::AuditUnavailable(_) => Reason::AuditUnavailable,
+            E::IngestRefused(_) => Reason::AuditChainRejected,
             E::BodyTooLarge
             | E::NotForm
             | E::Form(_)
@@ -261,7 +265,7 @@ impl BrokerError {
             }
             E::Forbidden => (StatusCode::FORBIDDEN, "unauthorized_client"),
             E::NotOwner => (StatusCode::BAD_REQUEST, "invalid_grant"),
-            E::NotFound | E::BadRequest(_) | E::Conflict(_) => {
+            E::NotFound | E::BadRequest(_) | E::Conflict(_) | E::IngestRefused(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             // Our outage, not the caller's mistake (RFC 6749 §4.1.2.1's code).
@@ -286,6 +290,7 @@ impl BrokerError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             E::BadRequest(_)
+            | E::IngestRefused(_)
             | E::NotForm
             | E::Form(_)
             | E::Missing(_)

@@ -13,6 +13,7 @@ pub mod decider;
 pub mod error;
 pub mod exchange;
 pub mod form;
+pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod scope;

@@ -16,8 +16,8 @@ use std::pin::Pin;
 use firebreak_core::{AgentId, Jti, SessionId, UnixTime};
 
 pub use model::{
-    AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN, KeyRow, KeyState,
-    NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
+    AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN, IngestRecord, KeyRow,
+    KeyState, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
 };
 pub use sqlite::SqliteStore;
 
@@ -56,6 +56,9 @@ pub enum StoreError {
     /// The audit writer's queue is full: refused at once rather than piling up.
     #[error("audit writer busy")]
     Busy,
+    /// Another writer moved the chain's head first (concurrent ingest of the same chain).
+    #[error("audit chain head moved")]
+    HeadMoved,
     /// The audit writer has stopped.
     #[error("audit writer stopped")]
     WriterGone,
@@ -95,6 +98,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records concerning any of `sessions`, in chain order.
     fn audit_for_sessions(&self, sessions: Vec<SessionId>) -> StoreFuture<'_, Vec<AuditLine>>;
+
+    /// The last record of `chain`: its seq and hash (`None` for an empty chain).
+    fn audit_head(&self, chain: &str) -> StoreFuture<'_, Option<(u64, String)>>;
+
+    /// Appends verified records and checkpoints of another chain atomically, if its head is
+    /// still at `expected_head` (else `HeadMoved`).
+    fn ingest_audit(
+        &self,
+        chain: &str,
+        expected_head: u64,
+        records: Vec<IngestRecord>,
+        checkpoints: Vec<(u64, String)>,
+    ) -> StoreFuture<'_, ()>;
 
     /// Leaf hashes of `chain` for seq 1..=`upto`, for proofs.
     fn audit_leaf_hashes(&self, chain: &str, upto: u64) -> StoreFuture<'_, Vec<[u8; 32]>>;

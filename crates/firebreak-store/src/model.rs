@@ -53,6 +53,23 @@ impl std::fmt::Debug for AuditSettings {
     }
 }
 
+/// A record of another chain (a standalone gateway's), already verified by the caller.
+#[derive(Debug, Clone)]
+pub struct IngestRecord {
+    /// Its seq.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+    /// Its RFC 9162 leaf hash.
+    pub leaf_hash: [u8; 32],
+    /// The record's JSON text, as received.
+    pub json: String,
+    /// The session it concerns.
+    pub session: Option<String>,
+    /// Its time (Unix ms), for ordering replays.
+    pub time_ms: i64,
+}
+
 /// One line of an audit export: a record or a checkpoint, as stored (JCS JSON text).
 #[derive(Debug, Clone)]
 pub struct AuditLine {

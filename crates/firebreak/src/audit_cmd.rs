@@ -104,10 +104,16 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
             if let Some(l) = records.last() {
                 last = last.max(l.seq);
             }
-            while follow {
+            if !follow {
+                return Ok(());
+            }
+            // One signal listener for the whole follow, so a Ctrl-C between polls is not lost.
+            let stop = crate::commands::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    () = crate::commands::shutdown_signal() => return Ok(()),
+                    () = &mut stop => return Ok(()),
                 }
                 for l in r.lines(chain, last, 10_000).map_err(failed)? {
                     if !l.checkpoint {
@@ -116,7 +122,6 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
                     }
                 }
             }
-            Ok(())
         }
         AuditCommand::Replay { session, config } => replay(&session, &config, out),
         AuditCommand::Key { config } => {
@@ -222,18 +227,64 @@ fn verify(
             verify_lines(std::io::BufReader::new(fh), &opts)
         }
         None => {
+            // Each chain is verified under its own key only: the broker's chain under the pinned
+            // key (or --key), a gateway's chain under the key registered for that client. A
+            // gateway key can therefore never vouch for the broker's chain.
             let (cfg, r) = reader(config)?;
-            let keys = load_keys(key, Some(&cfg.server.data_dir))?;
-            let opts = VerifyOptions {
-                keys: &keys,
-                strict,
+            let broker_keys = load_keys(key, Some(&cfg.server.data_dir))?;
+            let mut total = firebreak_audit::Report {
+                records: 0,
+                checkpoints: 0,
+                chains: Vec::new(),
+                warnings: Vec::new(),
             };
-            let mut items = Vec::new();
-            for l in all_lines(&r, None)? {
-                // A row whose text no longer parses is tampering too; the verifier names it.
-                items.push(serde_json::from_str::<Value>(&l.json).unwrap_or(Value::String(l.json)));
+            let mut failure = None;
+            for chain in r.chains().map_err(failed)? {
+                let keys: Vec<AuditPublicKey> = if chain == firebreak_store::BROKER_CHAIN {
+                    broker_keys.clone()
+                } else {
+                    match cfg
+                        .clients
+                        .iter()
+                        .find(|c| c.id == chain)
+                        .and_then(|c| c.audit_key.clone())
+                    {
+                        Some(k) => vec![k],
+                        None => {
+                            return Err(CliError::Failed(format!(
+                                "audit verification FAILED: chain {chain} has no [[client]] audit_key in the config to verify it with"
+                            )));
+                        }
+                    }
+                };
+                let opts = VerifyOptions {
+                    keys: &keys,
+                    strict,
+                };
+                let mut items = Vec::new();
+                for l in all_lines(&r, Some(&chain))? {
+                    // A row whose text no longer parses is tampering too; the verifier names it.
+                    items.push(
+                        serde_json::from_str::<Value>(&l.json).unwrap_or(Value::String(l.json)),
+                    );
+                }
+                match verify_items(&items, &opts) {
+                    Ok(rep) => {
+                        total.records += rep.records;
+                        total.checkpoints += rep.checkpoints;
+                        total.chains.extend(rep.chains);
+                        total.warnings.extend(rep.warnings);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
-            verify_items(&items, &opts)
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(total),
+            }
         }
     };
     match report {

@@ -112,13 +112,12 @@ fn serve_with(config: &Path, log: &str) -> Server {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line.clone());
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(local) = v["fields"]["local"].as_str() {
-                        let _ = tx.send(local.to_owned());
-                        sent = true;
-                    }
-                }
+            if !sent
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(local) = v["fields"]["local"].as_str()
+            {
+                let _ = tx.send(local.to_owned());
+                sent = true;
             }
         }
     });

@@ -279,6 +279,9 @@ struct RawClient {
     roles: Vec<Role>,
     #[serde(default)]
     audiences: Vec<String>,
+    /// The client's own audit public key (Ed25519 JWK): a standalone gateway's chain is only
+    /// ingested when its checkpoints verify under it.
+    audit_key: Option<toml::Table>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,6 +483,8 @@ pub struct Client {
     pub roles: Vec<Role>,
     /// Audiences whose tokens it may introspect.
     pub audiences: Vec<String>,
+    /// Its audit key, for `POST /v1/audit/ingest` and `audit verify` of its chain.
+    pub audit_key: Option<firebreak_audit::AuditPublicKey>,
 }
 
 /// Id of the built-in broker target.
@@ -952,11 +957,35 @@ impl Config {
             if rc.roles.contains(&Role::Introspect) && rc.audiences.is_empty() {
                 return Err(c.err(rule, Some(&rc.id), "a client with role introspect must list the audiences it serves (audiences = [...])"));
             }
+            let audit_key = match rc.audit_key {
+                None => None,
+                Some(t) => {
+                    let jwk = serde_json::to_value(&t)
+                        .map_err(|e| c.err(&rule, Some(&rc.id), format!("audit_key: {e}")))?;
+                    Some(
+                        firebreak_audit::AuditPublicKey::from_jwk(&jwk).map_err(|e| {
+                            c.err(
+                                &rule,
+                                Some(&rc.id),
+                                format!("audit_key is not an Ed25519 public JWK: {e}"),
+                            )
+                        })?,
+                    )
+                }
+            };
+            if rc.id == firebreak_store::BROKER_CHAIN {
+                return Err(c.err(
+                    rule,
+                    Some(&rc.id),
+                    "the id \"broker\" names the broker's own audit chain",
+                ));
+            }
             clients.push(Client {
                 id: rc.id,
                 secret_sha256,
                 roles: rc.roles,
                 audiences: rc.audiences,
+                audit_key,
             });
         }
 

@@ -14,8 +14,8 @@ use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    AuditDraft, AuditLine, AuditReceipt, AuditSettings, KeyRow, KeyState, NewExchange, SessionRow,
-    Store, StoreError, StoreFuture, TokenRow, TokenStatus,
+    AuditDraft, AuditLine, AuditReceipt, AuditSettings, IngestRecord, KeyRow, KeyState,
+    NewExchange, SessionRow, Store, StoreError, StoreFuture, TokenRow, TokenStatus,
 };
 
 /// SQLite-backed [`Store`].
@@ -566,6 +566,19 @@ fn audit_for_sessions_tx(
     Ok(out)
 }
 
+fn audit_head_tx(conn: &Connection, chain: &str) -> Result<Option<(u64, String)>, StoreError> {
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
+            params![chain],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    row.map(|(s, h)| Ok((to_u64(s, "audit_records")?, h)))
+        .transpose()
+}
+
 fn leaf_hashes_tx(conn: &Connection, chain: &str, upto: u64) -> Result<Vec<[u8; 32]>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
@@ -630,6 +643,62 @@ impl Store for SqliteStore {
 
     fn audit_for_sessions(&self, sessions: Vec<SessionId>) -> StoreFuture<'_, Vec<AuditLine>> {
         self.with(move |conn| audit_for_sessions_tx(conn, &sessions))
+    }
+
+    fn audit_head(&self, chain: &str) -> StoreFuture<'_, Option<(u64, String)>> {
+        let chain = chain.to_owned();
+        self.with(move |conn| audit_head_tx(conn, &chain))
+    }
+
+    fn ingest_audit(
+        &self,
+        chain: &str,
+        expected_head: u64,
+        records: Vec<IngestRecord>,
+        checkpoints: Vec<(u64, String)>,
+    ) -> StoreFuture<'_, ()> {
+        let chain = chain.to_owned();
+        self.with(move |conn| {
+            if chain == crate::BROKER_CHAIN {
+                return Err(StoreError::ApiMisuse(
+                    "the broker chain is written by the writer only",
+                ));
+            }
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let head = audit_head_tx(&tx, &chain)?.map_or(0, |(s, _)| s);
+            if head != expected_head {
+                return Err(StoreError::HeadMoved);
+            }
+            for r in &records {
+                tx.prepare_cached(
+                    "INSERT INTO audit_records (chain, seq, hash, leaf_hash, json, session, time)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        chain,
+                        i64::try_from(r.seq).unwrap_or(i64::MAX),
+                        r.hash,
+                        r.leaf_hash.to_vec(),
+                        r.json,
+                        r.session,
+                        r.time_ms,
+                    ])
+                })
+                .map_err(db_err)?;
+            }
+            for (size, json) in &checkpoints {
+                tx.execute(
+                    "INSERT INTO audit_checkpoints (chain, tree_size, json) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    params![chain, i64::try_from(*size).unwrap_or(i64::MAX), json],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
     }
 
     fn audit_leaf_hashes(&self, chain: &str, upto: u64) -> StoreFuture<'_, Vec<[u8; 32]>> {
