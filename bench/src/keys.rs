@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use firebreak_token::{Algorithm, SigningKey, random_b64url};
 use serde_json::{Value, json};
 
-use crate::form::encode_pairs;
+use firebreak_server::form::encode_pairs;
 
 /// The tool audience the bench agent is granted.
 pub const TOOL_AUDIENCE: &str = "https://tools.bench.invalid/mcp";

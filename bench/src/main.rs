@@ -15,7 +15,7 @@
     reason = "benchmark harness: timing with Instant::now/SystemTime::now is its job"
 )]
 
-mod form;
+mod audit;
 mod keys;
 mod limits;
 mod load;
@@ -77,6 +77,23 @@ enum Cmd {
         #[arg(short, long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// Durable audit appends/s from concurrent writers (the store's group-committing writer)
+    /// beside raw 64-row-batch SQLite inserts of the same row size, interleaved, in this process.
+    /// Run it pinned (`taskset -c 0`); the SQLite files go to --dir (not a tmpfs).
+    Audit {
+        /// Directory for the SQLite files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Rounds (interleaved ours/raw; median reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Child: mint COUNT exchange bodies (one per line) into OUT.
     Mint {
         /// Directory with the issuer keys.
@@ -109,6 +126,12 @@ fn main() {
         Cmd::ServeHello { port } => servers::hello_cmd(port),
         Cmd::ServeLimit { port, jwks } => servers::limit_cmd(port, &jwks),
         Cmd::Limits { seconds, rounds } => limits::limits_cmd(seconds, rounds),
+        Cmd::Audit {
+            dir,
+            writers,
+            seconds,
+            rounds,
+        } => audit::audit_cmd(&dir, writers, seconds, rounds),
         Cmd::Load {
             port,
             path,

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::form::Form;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use firebreak_server::form::Form;
 use firebreak_token::{
     Algorithm, KeySet, Limits, SigningKey, UnverifiedJwt, random_b64url, verify_signature,
 };
@@ -56,13 +56,13 @@ async fn limit_token(State(st): State<Arc<LimitState>>, body: Bytes) -> Response
             .into_response()
     };
     // The same strict form parser as the broker.
-    let Some(form) = Form::parse(&body, &["audience", "resource"]) else {
+    let Ok(form) = Form::parse(&body, &["audience", "resource"]) else {
         return refuse("form");
     };
     let Some(token) = form.get("subject_token") else {
         return refuse("subject_token");
     };
-    let Some(audience) = form.first("audience") else {
+    let Some(&audience) = form.all("audience").first() else {
         return refuse("audience");
     };
     let Ok(jwt) = UnverifiedJwt::parse(token, &st.limits) else {

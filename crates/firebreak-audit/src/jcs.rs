@@ -24,6 +24,75 @@ pub(crate) fn canonical_string(v: &Value) -> Result<String, AuditError> {
     Ok(out)
 }
 
+/// An object's members, each serialised once and sorted as RFC 8785 orders them, so that the
+/// object can be written with and without one more string member (a sealed record's leaf and its
+/// stored form differ only by `hash`, which depends on the leaf).
+pub(crate) struct Members(Vec<(String, String)>);
+
+impl Members {
+    pub(crate) fn of(map: &serde_json::Map<String, Value>) -> Result<Self, AuditError> {
+        let mut members = Vec::with_capacity(map.len() + 1);
+        for (k, v) in map {
+            let mut m = String::with_capacity(64);
+            write_string(&mut m, k);
+            m.push(':');
+            write_value(&mut m, v)?;
+            members.push((k.clone(), m));
+        }
+        members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+        Ok(Self(members))
+    }
+
+    /// The object's JCS.
+    pub(crate) fn join(&self) -> String {
+        let mut out =
+            String::with_capacity(self.0.iter().map(|m| m.1.len() + 1).sum::<usize>() + 2);
+        out.push('{');
+        for (i, (_, m)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(m);
+        }
+        out.push('}');
+        out
+    }
+
+    /// The JCS of the object plus the string member `key: value` (`key` not already present).
+    pub(crate) fn join_with(&self, key: &str, value: &str) -> String {
+        let mut extra = String::with_capacity(key.len() + value.len() + 8);
+        write_string(&mut extra, key);
+        extra.push(':');
+        write_string(&mut extra, value);
+        let at = self
+            .0
+            .partition_point(|(k, _)| k.encode_utf16().cmp(key.encode_utf16()).is_lt());
+        let mut out = String::with_capacity(
+            self.0.iter().map(|m| m.1.len() + 1).sum::<usize>() + extra.len() + 3,
+        );
+        out.push('{');
+        let mut first = true;
+        let mut push = |out: &mut String, m: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(m);
+        };
+        for (i, (_, m)) in self.0.iter().enumerate() {
+            if i == at {
+                push(&mut out, &extra);
+            }
+            push(&mut out, m);
+        }
+        if at == self.0.len() {
+            push(&mut out, &extra);
+        }
+        out.push('}');
+        out
+    }
+}
+
 fn write_value(out: &mut String, v: &Value) -> Result<(), AuditError> {
     match v {
         Value::Null => out.push_str("null"),
@@ -65,6 +134,12 @@ fn write_value(out: &mut String, v: &Value) -> Result<(), AuditError> {
 /// JSON has them and `\u00xx` (lower-case hex) otherwise. Everything else is literal UTF-8.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most strings (ids, codes, hex) need no escaping: copy them whole.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

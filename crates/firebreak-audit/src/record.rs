@@ -2,8 +2,8 @@
 //! it to the one before. Storing it and advancing the head are the caller's job.
 
 use crate::{
-    AuditError, FORMAT_VERSION, GENESIS_HASH, MAX_SAFE_INTEGER, canonicalize, hex,
-    jcs::canonical_string, merkle, parse_hash_hex, sha256,
+    AuditError, FORMAT_VERSION, GENESIS_HASH, MAX_SAFE_INTEGER, hex, jcs::canonical_string, merkle,
+    parse_hash_hex, sha256,
 };
 use firebreak_core::{UnixTime, format_rfc3339_millis};
 use serde_json::{Map, Value};
@@ -86,17 +86,26 @@ pub fn seal(
     fields.insert("chain".to_owned(), Value::from(chain));
     fields.insert("time".to_owned(), Value::from(format_rfc3339_millis(time)));
     fields.insert("prev_hash".to_owned(), Value::from(head.hash.as_str()));
-    let mut record = Value::Object(fields);
-
     // INVARIANT (leaf = hashed bytes): the Merkle leaf and the chain hash cover the same bytes,
     // the JCS of the record without `hash`, so a checkpoint anchors exactly what the chain links.
-    let leaf = canonicalize(&record)?;
+    // The hash is not known before the leaf is, so the leaf is serialised first and the stored
+    // form is the leaf with `hash` spliced in at its sorted place (one serialisation of each
+    // member, checked against a full re-serialisation in the tests).
+    let members = crate::jcs::Members::of(&fields)?;
+    let leaf = members.join().into_bytes();
     let hash = hex(&sha256(&leaf));
     let leaf_hash = merkle::leaf_hash(&leaf);
-    if let Value::Object(m) = &mut record {
-        m.insert("hash".to_owned(), Value::from(hash.as_str()));
-    }
-    let json = canonical_string(&record)?;
+    let json = members.join_with("hash", &hash);
+    debug_assert_eq!(
+        Some(json.as_str()),
+        canonical_string(&{
+            let mut f = fields.clone();
+            f.insert("hash".to_owned(), Value::from(hash.as_str()));
+            Value::Object(f)
+        })
+        .ok()
+        .as_deref()
+    );
     Ok(Sealed {
         seq,
         hash,

@@ -212,11 +212,10 @@ fn commit_batch(
                     outcomes.push(Outcome::Record(reply, r));
                 }
                 Item::Audit(draft, reply) => {
-                    let snapshot = chain.clone();
-                    let r = with_savepoint(&mut tx, |sp| append(sp, chain, draft));
-                    if r.is_err() {
-                        *chain = snapshot;
-                    } else {
+                    // One INSERT: SQLite undoes a failed statement by itself, so no savepoint is
+                    // needed, and `append` moves the chain only after the insert succeeded.
+                    let r = append(&tx, chain, draft);
+                    if r.is_ok() {
                         checkpoint_if_due(&tx, settings, chain, false)?;
                     }
                     outcomes.push(Outcome::Record(reply, r));
