@@ -16,8 +16,9 @@ use std::pin::Pin;
 use firebreak_core::{AgentId, Jti, SessionId, UnixTime};
 
 pub use model::{
-    AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN, IngestRecord, KeyRow,
-    KeyState, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
+    ApprovalRow, ApprovalStatus, AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN,
+    BreakGlassRow, ElevationRow, ElevationStatus, IngestRecord, KeyRow, KeyState, NewExchange,
+    ReplayGuard, SessionRow, TokenRow, TokenStatus,
 };
 pub use sqlite::SqliteStore;
 
@@ -165,6 +166,82 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes replay-guard rows whose tokens have expired; returns how many.
     fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64>;
+
+    /// Stores a new elevation (and its approval, when one is queued) atomically.
+    fn insert_elevation(
+        &self,
+        e: ElevationRow,
+        approval: Option<ApprovalRow>,
+    ) -> StoreFuture<'_, ()>;
+
+    /// One elevation.
+    fn elevation(&self, id: &str) -> StoreFuture<'_, Option<ElevationRow>>;
+
+    /// Elevations, newest first, optionally of one agent.
+    fn elevations(&self, agent: Option<&AgentId>, limit: u32)
+    -> StoreFuture<'_, Vec<ElevationRow>>;
+
+    /// Approved, unexpired elevations of `agent` usable in `session` (bound to it or to none).
+    fn active_elevations(
+        &self,
+        agent: &AgentId,
+        session: Option<&SessionId>,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Vec<ElevationRow>>;
+
+    /// Consumes an elevation for one use: it must be approved, unexpired at `now`, of `agent`
+    /// and bound to `session` or to none; a single-use one becomes `used`. Returns the row as it
+    /// was before, or `None` when it is not usable (expired, used, denied, someone else's).
+    fn use_elevation(
+        &self,
+        id: &str,
+        agent: &AgentId,
+        session: Option<&SessionId>,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<ElevationRow>>;
+
+    /// Marks approved elevations past their end, and pending approvals past theirs, expired;
+    /// returns the elevation ids that expired.
+    fn expire_elevations(&self, now: UnixTime) -> StoreFuture<'_, Vec<String>>;
+
+    /// One approval.
+    fn approval(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRow>>;
+
+    /// Approvals, oldest first, optionally only pending ones.
+    fn approvals(&self, pending_only: bool, limit: u32) -> StoreFuture<'_, Vec<ApprovalRow>>;
+
+    /// Decides a pending approval (compare-and-set): approve sets the elevation approved until
+    /// `now + duration`; deny sets both denied. Returns the updated elevation, or `None` when the
+    /// approval was no longer pending.
+    fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        why: &str,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<ElevationRow>>;
+
+    /// Opens a break-glass window.
+    fn open_breakglass(&self, b: BreakGlassRow) -> StoreFuture<'_, ()>;
+
+    /// The open window of `agent` at `now`, if any.
+    fn active_breakglass(
+        &self,
+        agent: &AgentId,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<BreakGlassRow>>;
+
+    /// Closes a window early; `None` when it was not open.
+    fn close_breakglass(
+        &self,
+        id: &str,
+        by: &str,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<BreakGlassRow>>;
+
+    /// Windows, newest first.
+    fn breakglass_list(&self, limit: u32) -> StoreFuture<'_, Vec<BreakGlassRow>>;
 
     /// A cheap round trip, for `/readyz`.
     fn ping(&self) -> StoreFuture<'_, ()>;

@@ -70,6 +70,174 @@ pub struct IngestRecord {
     pub time_ms: i64,
 }
 
+/// Status of an elevation (DESIGN.md §6): pending → approved | denied → expired | used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElevationStatus {
+    /// Waiting for an approver.
+    Pending,
+    /// Granted; active until `expires_at`.
+    Approved,
+    /// Refused.
+    Denied,
+    /// Past its end.
+    Expired,
+    /// A single-use elevation that was used.
+    Used,
+}
+
+impl ElevationStatus {
+    /// Stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Used => "used",
+        }
+    }
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "approved" => Some(Self::Approved),
+            "denied" => Some(Self::Denied),
+            "expired" => Some(Self::Expired),
+            "used" => Some(Self::Used),
+            _ => None,
+        }
+    }
+}
+
+/// A just-in-time elevation: bound to (agent, optional session, action, target[, resource]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ElevationRow {
+    /// Id (`el_…`).
+    pub id: String,
+    /// The agent it elevates.
+    pub agent: AgentId,
+    /// The session it is bound to, if any.
+    pub session: Option<SessionId>,
+    /// The action (`exchange`, `call_tool`, …).
+    pub action: String,
+    /// The target id.
+    pub target: String,
+    /// For an approval of a held action: exactly that resource (tool name, path, host).
+    pub resource: Option<String>,
+    /// From `[elevation] reason_codes`.
+    pub reason_code: String,
+    /// Free text from the requester.
+    pub justification: String,
+    /// How long it lasts once approved.
+    pub duration_ms: u64,
+    /// Consumed by its first use.
+    pub single_use: bool,
+    /// Current status (as stored; an approved row past `expires_at` is effectively expired).
+    pub status: ElevationStatus,
+    /// Who asked (`agent:<id>` or `admin`).
+    pub requested_by: String,
+    /// When it was asked for.
+    pub created_at: UnixTime,
+    /// When it ends (set on approval).
+    pub expires_at: Option<UnixTime>,
+    /// Who decided (`policy`, `approver:<id>`).
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<UnixTime>,
+    /// Why (reason codes or the approver's note).
+    pub decision_reason: Option<String>,
+    /// When a single-use elevation was used.
+    pub used_at: Option<UnixTime>,
+    /// Its approval, when one was queued.
+    pub approval_id: Option<String>,
+}
+
+/// Status of an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Waiting.
+    Pending,
+    /// Approved.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// Stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+        }
+    }
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "approved" => Some(Self::Approved),
+            "denied" => Some(Self::Denied),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the approval queue, always for an elevation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRow {
+    /// Id (`ap_…`).
+    pub id: String,
+    /// The elevation it decides.
+    pub elevation: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Every identity involved (requester, the agent's owner, the `act` chain): none of them
+    /// may approve.
+    pub involved: Vec<String>,
+    /// Status.
+    pub status: ApprovalStatus,
+    /// When queued.
+    pub created_at: UnixTime,
+    /// When it lapses undecided.
+    pub expires_at: UnixTime,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<UnixTime>,
+    /// The approver's note.
+    pub why: Option<String>,
+}
+
+/// A break-glass window for one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakGlassRow {
+    /// Id (`bg_…`).
+    pub id: String,
+    /// The agent.
+    pub agent: AgentId,
+    /// From the configured reason codes.
+    pub reason_code: String,
+    /// Free text.
+    pub justification: String,
+    /// The approver who opened it.
+    pub opened_by: String,
+    /// When.
+    pub opened_at: UnixTime,
+    /// When it ends by itself.
+    pub ends_at: UnixTime,
+    /// When it was closed early, if it was.
+    pub closed_at: Option<UnixTime>,
+    /// By whom.
+    pub closed_by: Option<String>,
+}
+
 /// One line of an audit export: a record or a checkpoint, as stored (JCS JSON text).
 #[derive(Debug, Clone)]
 pub struct AuditLine {

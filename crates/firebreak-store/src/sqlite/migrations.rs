@@ -81,6 +81,59 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (chain, tree_size)
          ) WITHOUT ROWID;",
     ),
+    (
+        3,
+        // Just-in-time elevation, the approval queue and break-glass (DESIGN.md §6). Status
+        // changes are compare-and-set on the current status, so two approvers (or an approval
+        // racing an expiry) cannot both win.
+        "CREATE TABLE elevations (
+             id TEXT PRIMARY KEY,
+             agent TEXT NOT NULL,
+             session TEXT,
+             action TEXT NOT NULL,
+             target TEXT NOT NULL,
+             resource TEXT,
+             reason_code TEXT NOT NULL,
+             justification TEXT NOT NULL,
+             duration_ms INTEGER NOT NULL,
+             single_use INTEGER NOT NULL,
+             status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'used')),
+             requested_by TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             expires_at INTEGER,
+             decided_by TEXT,
+             decided_at INTEGER,
+             decision_reason TEXT,
+             used_at INTEGER,
+             approval_id TEXT
+         );
+         CREATE INDEX elevations_agent ON elevations(agent, status);
+         CREATE TABLE approvals (
+             id TEXT PRIMARY KEY,
+             elevation TEXT NOT NULL REFERENCES elevations(id),
+             requested_by TEXT NOT NULL,
+             involved TEXT NOT NULL,
+             status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+             created_at INTEGER NOT NULL,
+             expires_at INTEGER NOT NULL,
+             decided_by TEXT,
+             decided_at INTEGER,
+             why TEXT
+         );
+         CREATE INDEX approvals_status ON approvals(status, created_at);
+         CREATE TABLE breakglass (
+             id TEXT PRIMARY KEY,
+             agent TEXT NOT NULL,
+             reason_code TEXT NOT NULL,
+             justification TEXT NOT NULL,
+             opened_by TEXT NOT NULL,
+             opened_at INTEGER NOT NULL,
+             ends_at INTEGER NOT NULL,
+             closed_at INTEGER,
+             closed_by TEXT
+         );
+         CREATE INDEX breakglass_agent ON breakglass(agent, ends_at);",
+    ),
 ];
 
 /// Applies every migration newer than the database's version.

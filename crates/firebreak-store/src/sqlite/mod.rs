@@ -4,6 +4,7 @@
 //! on tokio's blocking pool, so the async runtime never waits on a disk flush. Both take the
 //! write lock up front (`BEGIN IMMEDIATE`), so SQLite serialises them.
 
+mod grants;
 mod migrations;
 mod writer;
 
@@ -14,8 +15,9 @@ use firebreak_core::{AgentId, Jti, SessionId, TargetId, UnixTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    AuditDraft, AuditLine, AuditReceipt, AuditSettings, IngestRecord, KeyRow, KeyState,
-    NewExchange, SessionRow, Store, StoreError, StoreFuture, TokenRow, TokenStatus,
+    ApprovalRow, AuditDraft, AuditLine, AuditReceipt, AuditSettings, BreakGlassRow, ElevationRow,
+    IngestRecord, KeyRow, KeyState, NewExchange, SessionRow, Store, StoreError, StoreFuture,
+    TokenRow, TokenStatus,
 };
 
 /// SQLite-backed [`Store`].
@@ -643,6 +645,101 @@ impl Store for SqliteStore {
 
     fn audit_for_sessions(&self, sessions: Vec<SessionId>) -> StoreFuture<'_, Vec<AuditLine>> {
         self.with(move |conn| audit_for_sessions_tx(conn, &sessions))
+    }
+
+    fn insert_elevation(
+        &self,
+        e: ElevationRow,
+        approval: Option<ApprovalRow>,
+    ) -> StoreFuture<'_, ()> {
+        self.with(move |c| grants::insert_elevation(c, &e, approval.as_ref()))
+    }
+
+    fn elevation(&self, id: &str) -> StoreFuture<'_, Option<ElevationRow>> {
+        let id = id.to_owned();
+        self.with(move |c| grants::elevation(c, &id))
+    }
+
+    fn elevations(
+        &self,
+        agent: Option<&AgentId>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<ElevationRow>> {
+        let agent = agent.cloned();
+        self.with(move |c| grants::elevations(c, agent.as_ref(), limit))
+    }
+
+    fn active_elevations(
+        &self,
+        agent: &AgentId,
+        session: Option<&SessionId>,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Vec<ElevationRow>> {
+        let (agent, session) = (agent.clone(), session.cloned());
+        self.with(move |c| grants::active_elevations(c, &agent, session.as_ref(), now))
+    }
+
+    fn use_elevation(
+        &self,
+        id: &str,
+        agent: &AgentId,
+        session: Option<&SessionId>,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<ElevationRow>> {
+        let (id, agent, session) = (id.to_owned(), agent.clone(), session.cloned());
+        self.with(move |c| grants::use_elevation(c, &id, &agent, session.as_ref(), now))
+    }
+
+    fn expire_elevations(&self, now: UnixTime) -> StoreFuture<'_, Vec<String>> {
+        self.with(move |c| grants::expire(c, now))
+    }
+
+    fn approval(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRow>> {
+        let id = id.to_owned();
+        self.with(move |c| grants::approval(c, &id))
+    }
+
+    fn approvals(&self, pending_only: bool, limit: u32) -> StoreFuture<'_, Vec<ApprovalRow>> {
+        self.with(move |c| grants::approvals(c, pending_only, limit))
+    }
+
+    fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        why: &str,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<ElevationRow>> {
+        let (id, by, why) = (id.to_owned(), by.to_owned(), why.to_owned());
+        self.with(move |c| grants::decide_approval(c, &id, approve, &by, &why, now))
+    }
+
+    fn open_breakglass(&self, b: BreakGlassRow) -> StoreFuture<'_, ()> {
+        self.with(move |c| grants::open_breakglass(c, &b))
+    }
+
+    fn active_breakglass(
+        &self,
+        agent: &AgentId,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<BreakGlassRow>> {
+        let agent = agent.clone();
+        self.with(move |c| grants::active_breakglass(c, &agent, now))
+    }
+
+    fn close_breakglass(
+        &self,
+        id: &str,
+        by: &str,
+        now: UnixTime,
+    ) -> StoreFuture<'_, Option<BreakGlassRow>> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.with(move |c| grants::close_breakglass(c, &id, &by, now))
+    }
+
+    fn breakglass_list(&self, limit: u32) -> StoreFuture<'_, Vec<BreakGlassRow>> {
+        self.with(move |c| grants::breakglass_list(c, limit))
     }
 
     fn audit_head(&self, chain: &str) -> StoreFuture<'_, Option<(u64, String)>> {

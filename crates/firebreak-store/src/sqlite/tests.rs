@@ -345,3 +345,251 @@ async fn concurrent_appends_form_one_gap_free_chain_with_checkpoints() {
     assert_eq!(cps, ok / 10);
     assert!(store.audit_probe().await.is_ok());
 }
+
+fn elevation_row(
+    id: &str,
+    status: crate::ElevationStatus,
+    single_use: bool,
+) -> crate::ElevationRow {
+    crate::ElevationRow {
+        id: id.into(),
+        agent: AgentId::try_from("bot").unwrap(),
+        session: None,
+        action: "exchange".into(),
+        target: "tools".into(),
+        resource: None,
+        reason_code: "incident".into(),
+        justification: "fix prod".into(),
+        duration_ms: 300_000,
+        single_use,
+        status,
+        requested_by: "agent:bot".into(),
+        created_at: UnixTime::from_secs(1000),
+        expires_at: None,
+        decided_by: None,
+        decided_at: None,
+        decision_reason: None,
+        used_at: None,
+        approval_id: Some(format!("ap-{id}")),
+    }
+}
+
+fn approval_row(id: &str) -> crate::ApprovalRow {
+    crate::ApprovalRow {
+        id: format!("ap-{id}"),
+        elevation: id.into(),
+        requested_by: "agent:bot".into(),
+        involved: vec!["agent:bot".into(), "o@acme.example".into()],
+        status: crate::ApprovalStatus::Pending,
+        created_at: UnixTime::from_secs(1000),
+        expires_at: UnixTime::from_secs(2000),
+        decided_by: None,
+        decided_at: None,
+        why: None,
+    }
+}
+
+/// Approval is compare-and-set: the second decision finds nothing pending. A single-use
+/// elevation is usable once; an expired one never; they survive a reopen of the store.
+#[tokio::test]
+async fn elevations_approve_once_use_once_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fb.db");
+    let bot = AgentId::try_from("bot").unwrap();
+    {
+        let store = SqliteStore::open(&path, settings()).unwrap();
+        store
+            .insert_elevation(
+                elevation_row("e1", crate::ElevationStatus::Pending, true),
+                Some(approval_row("e1")),
+            )
+            .await
+            .unwrap();
+        store
+            .insert_elevation(
+                elevation_row("e2", crate::ElevationStatus::Pending, false),
+                Some(approval_row("e2")),
+            )
+            .await
+            .unwrap();
+        let t = UnixTime::from_secs(1100);
+        let e = store
+            .decide_approval("ap-e1", true, "approver:alice", "ok", t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.status, crate::ElevationStatus::Approved);
+        assert_eq!(e.expires_at, Some(t.plus_secs(300)));
+        assert!(
+            store
+                .decide_approval("ap-e1", false, "approver:bob", "no", t)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let e2 = store
+            .decide_approval("ap-e2", false, "approver:alice", "not now", t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e2.status, crate::ElevationStatus::Denied);
+        // A late decision on a lapsed approval does nothing.
+        store
+            .insert_elevation(
+                elevation_row("e3", crate::ElevationStatus::Pending, false),
+                Some(approval_row("e3")),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .decide_approval(
+                    "ap-e3",
+                    true,
+                    "approver:alice",
+                    "",
+                    UnixTime::from_secs(2000)
+                )
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let store = SqliteStore::open(&path, settings()).unwrap();
+    let t = UnixTime::from_secs(1200);
+    assert_eq!(
+        store.active_elevations(&bot, None, t).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .use_elevation("e1", &bot, None, t)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .use_elevation("e1", &bot, None, t)
+            .await
+            .unwrap()
+            .is_none(),
+        "single use"
+    );
+    assert!(
+        store
+            .use_elevation("e2", &bot, None, t)
+            .await
+            .unwrap()
+            .is_none(),
+        "denied"
+    );
+    let other = AgentId::try_from("other").unwrap();
+    assert!(
+        store
+            .use_elevation("e1", &other, None, t)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .insert_elevation(
+            elevation_row("e4", crate::ElevationStatus::Pending, false),
+            Some(approval_row("e4")),
+        )
+        .await
+        .unwrap();
+    store
+        .decide_approval("ap-e4", true, "approver:alice", "", t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .use_elevation("e4", &bot, None, t.plus_secs(299))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .use_elevation("e4", &bot, None, t.plus_secs(300))
+            .await
+            .unwrap()
+            .is_none(),
+        "hard expiry"
+    );
+    assert_eq!(
+        store.expire_elevations(t.plus_secs(301)).await.unwrap(),
+        vec!["e4".to_owned()]
+    );
+    assert_eq!(
+        store.elevation("e3").await.unwrap().unwrap().status,
+        crate::ElevationStatus::Pending
+    );
+    store
+        .expire_elevations(UnixTime::from_secs(2001))
+        .await
+        .unwrap();
+    let e3 = store.elevation("e3").await.unwrap().unwrap();
+    assert_eq!(
+        e3.status,
+        crate::ElevationStatus::Expired,
+        "its approval lapsed"
+    );
+}
+
+#[tokio::test]
+async fn breakglass_windows_open_close_and_end() {
+    let (_d, store) = open();
+    let bot = AgentId::try_from("bot").unwrap();
+    let row = crate::BreakGlassRow {
+        id: "bg1".into(),
+        agent: bot.clone(),
+        reason_code: "incident".into(),
+        justification: "outage".into(),
+        opened_by: "approver:alice".into(),
+        opened_at: UnixTime::from_secs(1000),
+        ends_at: UnixTime::from_secs(1900),
+        closed_at: None,
+        closed_by: None,
+    };
+    store.open_breakglass(row).await.unwrap();
+    assert!(
+        store
+            .active_breakglass(&bot, UnixTime::from_secs(1899))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .active_breakglass(&bot, UnixTime::from_secs(1900))
+            .await
+            .unwrap()
+            .is_none(),
+        "ends by itself"
+    );
+    assert!(
+        store
+            .close_breakglass("bg1", "approver:alice", UnixTime::from_secs(1500))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .active_breakglass(&bot, UnixTime::from_secs(1501))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .close_breakglass("bg1", "approver:alice", UnixTime::from_secs(1600))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.breakglass_list(10).await.unwrap().len(), 1);
+}
