@@ -58,6 +58,12 @@ pub enum Reason {
     TokenTooLarge,
     /// An ingested audit chain did not verify.
     AuditChainRejected,
+    /// Policy allows this only with a human's approval: ask for an elevation.
+    ApprovalRequired,
+    /// A named elevation or break-glass window is not usable (expired, used, someone else's).
+    GrantUnusable,
+    /// The caller is not an approver, or not one who may act on this.
+    NotAnApprover,
 }
 
 impl Reason {
@@ -90,6 +96,9 @@ impl Reason {
             Self::TokenTypeMismatch => "token_type_mismatch",
             Self::TokenTooLarge => "token_too_large",
             Self::AuditChainRejected => "audit_chain_rejected",
+            Self::ApprovalRequired => "approval_required",
+            Self::GrantUnusable => "elevation_expired",
+            Self::NotAnApprover => "not_an_approver",
         }
     }
 }

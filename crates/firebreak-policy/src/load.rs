@@ -25,7 +25,6 @@ pub(crate) const SCHEMA_FILE: &str = "schema.cedarschema";
 pub(crate) struct LoadedPolicy {
     pub(crate) id: String,
     pub(crate) policy: Policy,
-    pub(crate) effect: Effect,
     pub(crate) approval_required: bool,
     pub(crate) principal: PrincipalConstraint,
     pub(crate) action: ActionConstraint,
@@ -45,7 +44,10 @@ pub(crate) struct Loaded {
 }
 
 /// Reads `dir`: every `*.cedar` file and `schema.cedarschema` if present.
-pub(crate) fn read_dir(dir: &Path) -> Result<(Vec<(String, String)>, Option<String>), PolicyError> {
+/// `(file name, text)` pairs sorted by name, and the schema text if the dir has one.
+pub(crate) type DirSources = (Vec<(String, String)>, Option<String>);
+
+pub(crate) fn read_dir(dir: &Path) -> Result<DirSources, PolicyError> {
     let read_dir_err = |source| PolicyError::ReadDir {
         dir: dir.to_path_buf(),
         source,
@@ -189,7 +191,6 @@ pub(crate) fn load(
             let renamed = policy.new_id(PolicyId::new(&id));
             policies.push(LoadedPolicy {
                 id: id.clone(),
-                effect,
                 approval_required,
                 principal: renamed.principal_constraint(),
                 action: renamed.action_constraint(),

@@ -646,7 +646,7 @@ fn cedar_context(ctx: &Context) -> Option<cedar_policy::Context> {
 }
 
 fn is_in(uid: &EntityUid, target: &EntityUid, ancestors: &[EntityUid]) -> bool {
-    uid == target || ancestors.contains(&target)
+    uid == target || ancestors.contains(target)
 }
 
 /// Whether a principal scope can match. Agents and approvers have no parents in Firebreak's
@@ -678,5 +678,76 @@ fn resource_may_match(c: &ResourceConstraint, r: &EntityUid, ancestors: &[Entity
         ResourceConstraint::In(uid) => is_in(r, uid, ancestors),
         ResourceConstraint::Is(ty) => ty == r.type_name(),
         ResourceConstraint::IsIn(ty, uid) => ty == r.type_name() && is_in(r, uid, ancestors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AgentAttrs, TargetAttrs};
+
+    fn inventory(n: usize) -> Inventory {
+        Inventory {
+            agents: (0..n)
+                .map(|i| AgentAttrs {
+                    id: format!("a{i}"),
+                    owner: "o".into(),
+                    tenant: "t".into(),
+                    environment: "prod".into(),
+                    tier: "high".into(),
+                    purpose: "p".into(),
+                })
+                .collect(),
+            targets: (0..n)
+                .map(|i| TargetAttrs {
+                    id: format!("t{i}"),
+                    tenant: "t".into(),
+                    environment: "prod".into(),
+                    tier: "high".into(),
+                    kind: "mcp".into(),
+                })
+                .collect(),
+            approvers: vec![],
+        }
+    }
+
+    #[test]
+    fn slices_hold_only_policies_that_can_match_and_the_cache_is_bounded() {
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!(
+                "@id(\"p{i}\") permit(principal == Agent::\"a{i}\", action == Action::\"exchange\", resource == Target::\"t{i}\");\n"
+            ));
+        }
+        text.push_str(
+            "@id(\"f\") forbid(principal, action, resource) when { context.break_glass };\n",
+        );
+        text.push_str("@id(\"tools\") permit(principal, action == Action::\"call_tool\", resource in Target::\"t3\");\n");
+        let mut pdp = Pdp::from_sources(&[("p.cedar".into(), text)], None, &inventory(50)).unwrap();
+        pdp.cache_cap = 4;
+        let req = |a: &'static str, action, resource| Request {
+            principal: Principal::Agent(a),
+            action,
+            resource,
+            context: Context::default(),
+        };
+        // p3 and the unscoped forbid; not the other 49 permits or the call_tool permit.
+        assert_eq!(
+            pdp.slice_len(&req("a3", Action::Exchange, Resource::Target("t3"))),
+            Some(2)
+        );
+        // A tool of t3 is `in Target::"t3"`.
+        let tool = Resource::Tool {
+            target: "t3",
+            tool: "x",
+        };
+        assert_eq!(pdp.slice_len(&req("a1", Action::CallTool, tool)), Some(2));
+        for i in 0..10 {
+            let id: &'static str = Box::leak(format!("t{i}").into_boxed_str());
+            let _ = pdp.decide(&req("a3", Action::Exchange, Resource::Target(id)));
+        }
+        assert!(pdp.cached_slices() <= 4);
+        let d = pdp.decide(&req("a3", Action::Exchange, Resource::Target("t3")));
+        assert_eq!(d.wire(), "allow");
     }
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Role};
-use crate::decider::{AllowList, Decider};
+use crate::decider::PolicyEngine;
 use crate::error::{BrokerError, OAuthError, Problem};
 use crate::exchange::{ExchangeTrace, GRANT_TOKEN_EXCHANGE};
 use crate::form::Form;
@@ -43,6 +43,9 @@ pub enum StartError {
     /// The signing keys failed.
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    /// The policy set was refused.
+    #[error("policy: {0}")]
+    Policy(#[from] firebreak_policy::PolicyError),
     /// The data directory or admin token could not be set up.
     #[error("{0}")]
     DataDir(String),
@@ -55,7 +58,8 @@ pub struct Broker {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) verifier: Verifier,
-    pub(crate) decider: Box<dyn Decider>,
+    pub(crate) policy: PolicyEngine,
+    grants: RwLock<Arc<crate::grants::GrantSnapshot>>,
     pub(crate) metrics: Metrics,
     keys: RwLock<Arc<KeyRing>>,
     kek: Option<Kek>,
@@ -159,7 +163,8 @@ impl Broker {
                 )
             })
             .collect::<HashMap<_, _>>();
-        let decider: Box<dyn Decider> = Box::new(AllowList::new(&config));
+        let policy = PolicyEngine::new(&config)?;
+        let grants = crate::grants::GrantSnapshot::load(store.as_ref(), now).await?;
         let verifier = Verifier {
             config: Arc::clone(&config),
             issuers,
@@ -174,7 +179,8 @@ impl Broker {
             store,
             clock,
             verifier,
-            decider,
+            policy,
+            grants: RwLock::new(Arc::new(grants)),
             metrics: Metrics::default(),
             keys: RwLock::new(Arc::new(ring)),
             kek,
@@ -214,6 +220,27 @@ impl Broker {
         if let Err(e) = self.append(record).await {
             tracing::error!(error = %e, "action taken but its audit record was not written");
         }
+    }
+
+    /// The grants in force.
+    pub fn grants(&self) -> Arc<crate::grants::GrantSnapshot> {
+        Arc::clone(
+            &self
+                .grants
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Reloads the grants snapshot from the store.
+    pub(crate) async fn refresh_grants(&self) -> Result<(), BrokerError> {
+        let snap =
+            crate::grants::GrantSnapshot::load(self.store.as_ref(), self.clock.now()).await?;
+        *self
+            .grants
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
+        Ok(())
     }
 
     /// The current key ring.

@@ -164,9 +164,15 @@ pub enum BrokerError {
     /// The target is in another tenant or environment than the agent (or above its tier).
     #[error("target in another tenant, environment or tier")]
     CrossEnvironment,
-    /// The decider refused the target.
-    #[error("target denied by policy: {0}")]
-    TargetDenied(Reason),
+    /// The policy refused (target, scope, or approval required), with its reasons.
+    #[error("denied by policy: {0:?}")]
+    Denied(Box<crate::decider::Denial>),
+    /// A named elevation or break-glass window is expired, used, denied or someone else's.
+    #[error("grant not usable")]
+    GrantUnusable,
+    /// A self-approval: the approver is the requester, the agent's owner or in the act chain.
+    #[error("self-approval refused")]
+    SelfApproval,
     /// The scope is malformed or beyond what is granted.
     #[error("scope refused: {0}")]
     Scope(Reason),
@@ -221,7 +227,13 @@ impl BrokerError {
             E::Replay => Reason::Replay,
             E::TargetNotRegistered => Reason::AudienceNotRegistered,
             E::CrossEnvironment => Reason::CrossEnvironment,
-            E::TargetDenied(r) | E::Scope(r) => *r,
+            E::Scope(r) => *r,
+            E::Denied(d) => match d.kind {
+                crate::decider::DenialKind::Target(r) | crate::decider::DenialKind::Scope(r) => r,
+                crate::decider::DenialKind::Approval => Reason::ApprovalRequired,
+            },
+            E::GrantUnusable => Reason::GrantUnusable,
+            E::SelfApproval => Reason::SelfApproval,
             E::NoLifetime => Reason::TokenExpired,
             E::Store(_) | E::Signing(_) => Reason::StoreUnavailable,
             E::AuditUnavailable(_) => Reason::AuditUnavailable,
@@ -256,10 +268,21 @@ impl BrokerError {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             // RFC 8693 §2.2.2: we won't issue for this target.
-            E::TargetNotRegistered | E::CrossEnvironment | E::TargetDenied(_) => {
+            E::TargetNotRegistered | E::CrossEnvironment => {
                 (StatusCode::BAD_REQUEST, "invalid_target")
             }
+            E::Denied(d) => match d.kind {
+                crate::decider::DenialKind::Scope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+                // An approval-only allow is not an allow: the agent must ask for an elevation.
+                crate::decider::DenialKind::Target(_) | crate::decider::DenialKind::Approval => {
+                    (StatusCode::BAD_REQUEST, "invalid_target")
+                }
+            },
             E::Scope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            // SECURITY-TESTS §0: a Firebreak grant that has expired, been used or is bound to
+            // someone else is invalid_grant.
+            E::GrantUnusable => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            E::SelfApproval => (StatusCode::FORBIDDEN, "unauthorized_client"),
             E::ClientAuth { .. } | E::Unauthenticated => {
                 (StatusCode::UNAUTHORIZED, "invalid_client")
             }
@@ -283,6 +306,8 @@ impl BrokerError {
                 (StatusCode::UNAUTHORIZED, "unauthenticated")
             }
             E::Forbidden | E::NotOwner => (StatusCode::FORBIDDEN, "forbidden"),
+            E::SelfApproval => (StatusCode::FORBIDDEN, "self-approval"),
+            E::Denied(_) => (StatusCode::FORBIDDEN, "denied"),
             E::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
@@ -302,7 +327,7 @@ impl BrokerError {
             | E::Replay
             | E::TargetNotRegistered
             | E::CrossEnvironment
-            | E::TargetDenied(_)
+            | E::GrantUnusable
             | E::Scope(_)
             | E::NoLifetime => (StatusCode::BAD_REQUEST, "bad-request"),
         }

@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 use crate::audit::Record;
 use crate::broker::Broker;
 use crate::config::{Target, TargetKind};
-use crate::decider::{Decision, Denial, ExchangeQuery};
+use crate::decider::{Decider, Decision, ExchangeQuery};
 use crate::error::BrokerError;
 use crate::form::Form;
 use crate::scope::parse_scope;
 use crate::subject::{Subject, TokenType};
+use firebreak_policy::{Context, SessionCtx};
 
 /// RFC 8693 §2.1 grant type.
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -32,6 +33,8 @@ pub struct TokenRequest {
     targets: Vec<String>,
     scope: Option<Vec<String>>,
     purpose: Option<String>,
+    elevation: Option<String>,
+    break_glass: Option<String>,
 }
 
 impl TokenRequest {
@@ -89,6 +92,8 @@ impl TokenRequest {
                 targets,
                 scope,
                 purpose,
+                elevation: form.get("elevation").map(str::to_owned),
+                break_glass: form.get("break_glass").map(str::to_owned),
             },
             form,
         ))
@@ -114,6 +119,10 @@ pub struct TokenResponse {
 /// What one exchange decided, for logs and metrics whatever the outcome.
 #[derive(Debug, Default)]
 pub struct ExchangeTrace {
+    /// The elevation the request named.
+    pub elevation: Option<String>,
+    /// The break-glass window the request named.
+    pub break_glass: Option<String>,
     /// The request id (logs, `X-Request-Id`, audit).
     pub request_id: String,
     /// The matched agent, once known.
@@ -168,11 +177,25 @@ impl Broker {
             .field("agent", trace.agent.clone())
             .field("target", trace.target.clone())
             .field("request_id", Some(trace.request_id.clone()))
-            .decision(
+            .field("elevation", trace.elevation.clone())
+            .field("break_glass", trace.break_glass.clone());
+        let record = match e {
+            // A policy decision: its own reasons and version (and what it asked for).
+            BrokerError::Denied(d) => record.decision(
+                match d.kind {
+                    crate::decider::DenialKind::Approval => "require_approval",
+                    crate::decider::DenialKind::Target(_)
+                    | crate::decider::DenialKind::Scope(_) => "deny",
+                },
+                json!(d.reasons),
+                Some(&d.policy_version),
+            ),
+            _ => record.decision(
                 "deny",
                 json!([{ "code": e.reason().as_str() }]),
-                Some(self.decider.policy_version()),
-            );
+                Some(&self.policy.policy_version()),
+            ),
+        };
         if let Err(err) = self.append(record).await {
             tracing::warn!(request_id = trace.request_id, error = %err, "refusal not recorded in the audit log");
         }
@@ -216,6 +239,7 @@ impl Broker {
         {
             return Err(BrokerError::CrossEnvironment);
         }
+        let parent = subject.parent.as_ref();
         // Decide. A child may only narrow: what it asks must also be in its parent's scope.
         let requested = match (&req.scope, &subject.parent) {
             (Some(s), Some(p)) => {
@@ -228,25 +252,96 @@ impl Broker {
             (None, Some(p)) => Some(p.scopes.clone()),
             (None, None) => None,
         };
-        let decision = self.decider.decide_exchange(&ExchangeQuery {
+        // Grants in force: active elevations and break-glass, from the in-memory snapshot the
+        // broker refreshes on every change. A named one (`elevation=`, `break_glass=`) must be
+        // usable right now by this agent in this session, or nothing is issued (X13, X15).
+        let now = self.clock.now();
+        let now_s = now.as_secs();
+        let agent_id = &subject.agent.id;
+        let parent_session = subject.parent.as_ref().map(|p| &p.session);
+        let grants = self.grants();
+        let elevation = match &req.elevation {
+            None => None,
+            Some(id) => {
+                trace.elevation = Some(id.clone());
+                Some(
+                    grants
+                        .usable_elevation(id, agent_id, parent_session, now)
+                        .ok_or(BrokerError::GrantUnusable)?,
+                )
+            }
+        };
+        let break_glass = match &req.break_glass {
+            None => grants.break_glass(agent_id, now),
+            Some(id) => {
+                trace.break_glass = Some(id.clone());
+                Some(
+                    grants
+                        .break_glass(agent_id, now)
+                        .filter(|b| &b.id == id)
+                        .ok_or(BrokerError::GrantUnusable)?,
+                )
+            }
+        };
+        let context = Context {
+            elevations: grants.elevation_strings(agent_id, parent_session, now),
+            break_glass: break_glass.is_some(),
+            env: subject.agent.environment.clone(),
+            tenant: subject.agent.tenant.clone(),
+            purpose: req
+                .purpose
+                .clone()
+                .unwrap_or_else(|| subject.agent.purpose.clone()),
+            time: now_s,
+            session: match parent {
+                Some(p) => Some(SessionCtx {
+                    id: p.session.to_string(),
+                    depth: i64::from(self.session_depth(&p.session).await?),
+                    age_seconds: now_s.saturating_sub(
+                        p.claims.get("iat").and_then(Value::as_i64).unwrap_or(now_s),
+                    ),
+                }),
+                None => None,
+            },
+            ..Context::default()
+        };
+        let requested = requested.unwrap_or_default();
+        let decision = self.policy.decide_exchange(ExchangeQuery {
             agent: &subject.agent,
             target: &target,
-            requested: requested.as_deref(),
+            scopes: &requested,
+            context,
         });
         let permit = match decision {
             Decision::Allow(p) => p,
-            Decision::Deny(Denial::Target(r)) => return Err(BrokerError::TargetDenied(r)),
-            Decision::Deny(Denial::Scope(r)) => return Err(BrokerError::Scope(r)),
+            Decision::Deny(d) => return Err(BrokerError::Denied(Box::new(d))),
         };
+        // A single-use elevation is consumed by the exchange it allowed.
+        if let Some(e) = &elevation {
+            if e.single_use
+                && self
+                    .store
+                    .use_elevation(&e.id, agent_id, parent_session, now)
+                    .await?
+                    .is_none()
+            {
+                return Err(BrokerError::GrantUnusable);
+            }
+        }
         // Lifetime: the smallest of every bound (X07); nothing left means nothing issued.
-        let now = self.clock.now();
-        let now_s = now.as_secs();
         let limit = |ms: u64| now_s.saturating_add(i64::try_from(ms / 1000).unwrap_or(i64::MAX));
         let exp = [
             limit(self.config.limits.default_ttl.as_millis()),
             limit(target.max_ttl.as_millis()),
             subject.exp,
             subject.agent.expires.as_secs(),
+            elevation
+                .as_ref()
+                .and_then(|e| e.expires_at)
+                .map_or(i64::MAX, |t| t.as_secs()),
+            break_glass
+                .as_ref()
+                .map_or(i64::MAX, |b| b.ends_at.as_secs()),
         ]
         .into_iter()
         .min()
@@ -259,7 +354,6 @@ impl Broker {
             .map_err(|_| BrokerError::Signing("session id".into()))?;
         let jti = Jti::try_from(format!("t_{}", random_b64url(18)))
             .map_err(|_| BrokerError::Signing("jti".into()))?;
-        let parent = subject.parent.as_ref();
         let depth = match parent {
             Some(p) => self.session_depth(&p.session).await?.saturating_add(1),
             None => 0,
@@ -335,9 +429,17 @@ impl Broker {
             .field("subject_issuer", Some(subject.issuer_id.as_str()))
             .field("act", act.clone())
             .field("request_id", Some(trace.request_id.as_str()))
+            .field("elevation", elevation.as_ref().map(|e| e.id.as_str()))
+            // Every decision under break-glass names the window and who opened it.
+            .field(
+                "break_glass",
+                break_glass
+                    .as_ref()
+                    .map(|b| json!({ "id": b.id, "opened_by": b.opened_by })),
+            )
             .decision(
                 "allow",
-                json!([{ "policy": format!("grant:{}:{}", subject.agent.id, target.id) }]),
+                json!(permit.reasons()),
                 Some(permit.policy_version()),
             );
         // Record: the session and its audit record are durable, together, before the token

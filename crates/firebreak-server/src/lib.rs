@@ -13,6 +13,7 @@ pub mod decider;
 pub mod error;
 pub mod exchange;
 pub mod form;
+pub mod grants;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;

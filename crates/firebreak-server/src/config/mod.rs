@@ -64,6 +64,121 @@ struct RawConfig {
     clients: Vec<RawClient>,
     #[serde(default)]
     audit: RawAudit,
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    elevation: RawElevation,
+    #[serde(default)]
+    breakglass: RawBreakglass,
+    #[serde(default, rename = "approver")]
+    approvers: Vec<RawApprover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElevation {
+    #[serde(default = "d_reason_codes")]
+    reason_codes: Vec<String>,
+    #[serde(default = "d_elevation_max")]
+    max_duration: ConfigDuration,
+}
+
+fn d_reason_codes() -> Vec<String> {
+    vec!["incident".into(), "change-ticket".into(), "on-call".into()]
+}
+fn d_elevation_max() -> ConfigDuration {
+    ConfigDuration::from_secs(3600)
+}
+
+impl Default for RawElevation {
+    fn default() -> Self {
+        Self {
+            reason_codes: d_reason_codes(),
+            max_duration: d_elevation_max(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakglass {
+    #[serde(default = "d_bg_default")]
+    default_duration: ConfigDuration,
+    #[serde(default = "d_bg_max")]
+    max_duration: ConfigDuration,
+}
+
+fn d_bg_default() -> ConfigDuration {
+    ConfigDuration::from_secs(1800)
+}
+fn d_bg_max() -> ConfigDuration {
+    ConfigDuration::from_secs(7200)
+}
+
+impl Default for RawBreakglass {
+    fn default() -> Self {
+        Self {
+            default_duration: d_bg_default(),
+            max_duration: d_bg_max(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprover {
+    id: String,
+    token_sha256: String,
+    expires: toml::value::Datetime,
+    #[serde(default)]
+    identities: Vec<RawIdentityRef>,
+    #[serde(default)]
+    emails: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityRef {
+    iss: String,
+    sub: String,
+}
+
+/// `[elevation]`.
+#[derive(Debug, Clone)]
+pub struct ElevationConfig {
+    /// Accepted reason codes (also for break-glass).
+    pub reason_codes: Vec<String>,
+    /// Longest elevation.
+    pub max_duration: ConfigDuration,
+}
+
+/// `[breakglass]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakglassConfig {
+    /// Duration when none is asked for.
+    pub default_duration: ConfigDuration,
+    /// Longest window; never extended past it without a new opening.
+    pub max_duration: ConfigDuration,
+}
+
+/// A human who may approve elevations and open break-glass.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    /// Approver id (`Approver::"<id>"`).
+    pub id: String,
+    /// SHA-256 of their bearer token.
+    pub token_sha256: [u8; 32],
+    /// End of the registration.
+    pub expires: UnixTime,
+    /// Their identities as `iss sub` pairs (compared exactly).
+    pub identities: Vec<(String, String)>,
+    /// Their e-mail addresses (compared case-insensitively).
+    pub emails: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +424,14 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[policy] dir`: Cedar policies beside the ones generated from `grants`.
+    pub policy_dir: Option<PathBuf>,
+    /// `[elevation]`.
+    pub elevation: ElevationConfig,
+    /// `[breakglass]`.
+    pub breakglass: BreakglassConfig,
+    /// `[[approver]]`.
+    pub approvers: Vec<Approver>,
     /// Things that load but deserve a look (e.g. a rule pinned by name but not by id).
     pub warnings: Vec<String>,
 }
@@ -1023,7 +1146,103 @@ impl Config {
             checkpoint_interval: ra.checkpoint_interval,
         };
 
+        // [elevation], [breakglass], [[approver]]
+        let re = raw.elevation;
+        if re.reason_codes.is_empty()
+            || re
+                .reason_codes
+                .iter()
+                .any(|r| r.is_empty() || r.contains(char::is_whitespace))
+        {
+            return Err(c.err(
+                "elevation.reason_codes",
+                None,
+                "must list at least one code, each without spaces",
+            ));
+        }
+        if re.max_duration.as_millis() < 1000
+            || re.max_duration > limits.max_ttl.max(ConfigDuration::from_secs(86_400))
+        {
+            return Err(c.err(
+                "elevation.max_duration",
+                None,
+                "must be at least 1s and at most 24h",
+            ));
+        }
+        let elevation = ElevationConfig {
+            reason_codes: re.reason_codes,
+            max_duration: re.max_duration,
+        };
+        let rb = raw.breakglass;
+        if rb.default_duration > rb.max_duration || rb.default_duration.as_millis() < 1000 {
+            return Err(c.err(
+                "breakglass.default_duration",
+                None,
+                "must be at least 1s and at most breakglass.max_duration",
+            ));
+        }
+        if rb.max_duration > ConfigDuration::from_secs(86_400) {
+            return Err(c.err("breakglass.max_duration", None, "must be at most 24h"));
+        }
+        let breakglass = BreakglassConfig {
+            default_duration: rb.default_duration,
+            max_duration: rb.max_duration,
+        };
+        let mut approvers: Vec<Approver> = Vec::new();
+        for ra in raw.approvers {
+            let rule = format!("approver {:?}", ra.id);
+            if ra.id.is_empty()
+                || !ra
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+            {
+                return Err(c.err(rule, Some(&ra.id), "approver id must be [A-Za-z0-9._@-]+"));
+            }
+            if approvers.iter().any(|a| a.id == ra.id) {
+                return Err(c.err(rule, Some(&ra.id), "duplicate approver id"));
+            }
+            let token_sha256 = decode_hex32(&ra.token_sha256).ok_or_else(|| {
+                c.err(
+                    &rule,
+                    Some(&ra.id),
+                    "token_sha256 must be 64 hex characters (from `firebreak approver token`)",
+                )
+            })?;
+            let expires_text = ra.expires.to_string();
+            let expires = match (ra.expires.date, ra.expires.time) {
+                (Some(_), None) => parse_date(&expires_text),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                c.err(
+                    &rule,
+                    Some(&ra.id),
+                    "expires must be a date like 2027-01-31",
+                )
+            })?;
+            if ra.identities.is_empty() && ra.emails.is_empty() {
+                return Err(c.err(rule, Some(&ra.id), "list the approver's identities or emails: self-approval is checked against them"));
+            }
+            approvers.push(Approver {
+                id: ra.id,
+                token_sha256,
+                expires,
+                identities: ra.identities.into_iter().map(|i| (i.iss, i.sub)).collect(),
+                emails: ra
+                    .emails
+                    .into_iter()
+                    .map(|e| e.to_ascii_lowercase())
+                    .collect(),
+            });
+        }
+        let policy_dir = raw.policy.map(|p| base.join(p.dir));
+
         Ok(Config {
+            policy_dir,
+            elevation,
+            breakglass,
+            approvers,
             audit,
             file: path.to_owned(),
             server,

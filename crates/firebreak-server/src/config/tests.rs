@@ -271,7 +271,7 @@ fn issuer_rules_refused() {
 fn syntax_and_unknown_fields_name_the_line() {
     let e = Config::parse(
         Path::new("f.toml"),
-        &format!("{BASE}\n[policy]\ndir = \"p\"\n"),
+        &format!("{BASE}\n[gateway]\nlisten = \"127.0.0.1:1\"\n"),
     )
     .unwrap_err();
     assert_eq!(e.rule, "syntax");
