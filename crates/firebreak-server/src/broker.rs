@@ -190,6 +190,41 @@ impl Broker {
         }))
     }
 
+    /// Reloads the policy set atomically; a bad set keeps the old one. Audited either way.
+    ///
+    /// # Errors
+    /// The refusal, as a message naming file and line.
+    pub async fn reload_policy(&self) -> Result<(String, String), String> {
+        let now = self.clock.now();
+        match self.policy.reload(&self.config) {
+            Ok((old, new)) => {
+                tracing::info!(previous = old, policy_version = new, "policy set reloaded");
+                self.record_done(
+                    crate::audit::Record::new("policy_reload", now)
+                        .field("previous", Some(old.as_str()))
+                        .field("policy_version", Some(new.as_str()))
+                        .field("outcome", Some("reloaded")),
+                )
+                .await;
+                Ok((old, new))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(
+                    error = msg,
+                    "policy reload refused; the previous set stays in force"
+                );
+                self.record_done(
+                    crate::audit::Record::new("policy_reload", now)
+                        .field("policy_version", Some(self.policy.pdp().version()))
+                        .field("outcome", Some("refused")),
+                )
+                .await;
+                Err(msg)
+            }
+        }
+    }
+
     /// Notes whether the last audit write succeeded (for `/readyz`).
     pub(crate) fn audit_healthy(&self, ok: bool) {
         self.audit_ok
@@ -317,10 +352,10 @@ impl Broker {
             self.reload_keys().await?;
         }
         self.store.purge_replay(now).await?;
-        Ok(())
+        self.maintain_grants().await
     }
 
-    fn is_admin(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn is_admin(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_some_and(|t| {
             verify_slices_are_equal(&sha256(t.as_bytes()), &self.admin_token_sha256).is_ok()
         })
@@ -491,7 +526,7 @@ impl Broker {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -535,7 +570,7 @@ fn with_request_id(mut resp: Response, id: &str) -> Response {
     resp
 }
 
-fn no_store(mut resp: Response) -> Response {
+pub(crate) fn no_store(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -693,7 +728,7 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
 // authorised here (403, X18).
 // ---------------------------------------------------------------------------------------------
 
-async fn require_admin(b: &Broker, headers: &HeaderMap) -> Result<(), BrokerError> {
+pub(crate) async fn require_admin(b: &Broker, headers: &HeaderMap) -> Result<(), BrokerError> {
     if b.is_admin(headers) {
         return Ok(());
     }
@@ -1156,15 +1191,32 @@ async fn audit_key(State(b): State<Arc<Broker>>) -> Response {
     r
 }
 
-fn admin_response(r: Result<Value, BrokerError>) -> Response {
+pub(crate) fn admin_response(r: Result<Value, BrokerError>) -> Response {
     match r {
         Ok(v) => no_store(axum::Json(v).into_response()),
         Err(e) => Problem(e).into_response(),
     }
 }
 
+/// `POST /v1/policy/reload` (admin): the same as SIGHUP.
+async fn policy_reload(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    if let Err(e) = require_admin(&b, &headers).await {
+        return Problem(e).into_response();
+    }
+    match b.reload_policy().await {
+        Ok((old, new)) => axum::Json(json!({ "reloaded": true, "previous": old, "policy_version": new })).into_response(),
+        // The admin asked: the Cedar message (file, line) is for them, not an internal.
+        Err(msg) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "reloaded": false, "error": msg, "policy_version": b.policy.pdp().version() })),
+        )
+            .into_response(),
+    }
+}
+
 /// The broker's routes.
 pub fn router(b: Arc<Broker>) -> Router {
+    use crate::grants::handlers as grants;
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/oauth-authorization-server", get(discovery))
@@ -1186,6 +1238,28 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/v1/audit/proof", get(audit_proof))
         .route("/v1/audit/key", get(audit_key))
         .route("/v1/audit/ingest", post(audit_ingest))
+        .route(
+            "/v1/elevations",
+            get(grants::list_elevations).post(grants::post_elevation),
+        )
+        .route("/v1/elevations/{id}", get(grants::get_elevation))
+        .route(
+            "/v1/approvals",
+            get(grants::list_approvals).post(grants::post_approval),
+        )
+        .route("/v1/approvals/{id}", get(grants::get_approval))
+        .route("/v1/approvals/{id}/approve", post(grants::approve))
+        .route("/v1/approvals/{id}/deny", post(grants::deny))
+        .route(
+            "/v1/breakglass",
+            get(grants::list_breakglass).post(grants::post_breakglass),
+        )
+        .route(
+            "/v1/breakglass/{id}",
+            axum::routing::delete(grants::delete_breakglass),
+        )
+        .route("/access/v1/evaluation", post(crate::authzen::handler))
+        .route("/v1/policy/reload", post(policy_reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

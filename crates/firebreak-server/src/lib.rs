@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod authzen;
 pub mod broker;
 pub mod config;
 pub mod decider;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+const WAIT_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
 const TTL_BUCKETS: [f64; 8] = [30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
 #[derive(Debug, Default)]
@@ -45,6 +46,8 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 struct Inner {
+    elevations: BTreeMap<(String, String), u64>,
+    approval_wait: Histogram,
     exchanges: BTreeMap<(&'static str, &'static str), u64>,
     denied: BTreeMap<&'static str, u64>,
     exchange_duration: Histogram,
@@ -77,6 +80,20 @@ impl Metrics {
         *self.inner().denied.entry(reason).or_default() += 1;
     }
 
+    /// An elevation outcome (`approved`, `denied`, `pending`, `expired`) by reason code.
+    pub fn elevation(&self, outcome: &str, reason: &str) {
+        *self
+            .inner()
+            .elevations
+            .entry((outcome.to_owned(), reason.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Time from an approval's request to its approval (MTTA is sum / count).
+    pub fn approval_wait(&self, seconds: f64) {
+        self.inner().approval_wait.observe(&WAIT_BUCKETS, seconds);
+    }
+
     /// The lifetime of an issued token.
     pub fn issued_ttl(&self, seconds: f64) {
         self.inner().issued_ttl.observe(&TTL_BUCKETS, seconds);
@@ -101,6 +118,20 @@ impl Metrics {
         for (reason, n) in &m.denied {
             let _ = writeln!(out, "firebreak_denied_total{{reason=\"{reason}\"}} {n}");
         }
+        out.push_str("# HELP firebreak_elevations_total Elevations by outcome and reason code.\n");
+        out.push_str("# TYPE firebreak_elevations_total counter\n");
+        for ((outcome, reason), n) in &m.elevations {
+            let _ = writeln!(
+                out,
+                "firebreak_elevations_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP firebreak_approval_wait_seconds Time from request to approval (mean = MTTA).\n",
+        );
+        out.push_str("# TYPE firebreak_approval_wait_seconds histogram\n");
+        m.approval_wait
+            .render(&mut out, "firebreak_approval_wait_seconds", &WAIT_BUCKETS);
         out.push_str(
             "# HELP firebreak_exchange_duration_seconds Time to answer a token exchange.\n",
         );
