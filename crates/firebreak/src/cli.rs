@@ -107,6 +107,148 @@ pub enum Command {
     /// The tamper-evident audit log: verify, export, follow, replay a session, print the key.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Cedar policies: run the policy test cases.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Just-in-time elevation and the approval queue.
+    #[command(subcommand)]
+    Elevation(ElevationCommand),
+    /// Break-glass windows (approvers only).
+    #[command(subcommand)]
+    Breakglass(BreakglassCommand),
+    /// Approver credentials.
+    #[command(subcommand)]
+    Approver(ApproverCommand),
+}
+
+/// `firebreak policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the `*.test.toml` cases beside the policies: each request against the policy set
+    /// (the `[policy] dir` plus the policies generated from the config's grants), expected
+    /// decision and reasons.
+    ///
+    /// Example: `firebreak policy test` (the config's dir) or `firebreak policy test ./policies`.
+    /// Prints a table; exit 0 when every case passes, 1 on any mismatch, 78 when the policies
+    /// or the config do not load.
+    Test {
+        /// Policy directory (default: the config's `[policy] dir`).
+        dir: Option<PathBuf>,
+        /// Config file (the inventory the policies are checked against).
+        #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+        config: PathBuf,
+    },
+}
+
+/// `firebreak elevation …`.
+#[derive(Debug, Subcommand)]
+pub enum ElevationCommand {
+    /// Ask for an elevation (with an agent's broker token, or as admin for an agent). Policy
+    /// approves it, denies it or queues it for an approver.
+    ///
+    /// Example: `firebreak elevation request --agent deploy-bot --action exchange --target
+    /// github-tools --reason incident --justification "INC-42" --duration 15m`.
+    Request {
+        /// The agent (required as admin; an agent's token implies it).
+        #[arg(long)]
+        agent: Option<String>,
+        /// The action to elevate (exchange, call_tool, http_request, egress_connect).
+        #[arg(long, default_value = "exchange")]
+        action: String,
+        /// The target id.
+        #[arg(long)]
+        target: String,
+        /// A reason code from `[elevation] reason_codes`.
+        #[arg(long)]
+        reason: String,
+        /// Why, in words.
+        #[arg(long)]
+        justification: String,
+        /// How long (at most `[elevation] max_duration`).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Consumed by its first use.
+        #[arg(long)]
+        single_use: bool,
+        /// Bind to this session.
+        #[arg(long)]
+        session: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// List elevations (admin or approver) or the approval queue (`--pending`).
+    List {
+        /// Show the pending approvals instead.
+        #[arg(long)]
+        pending: bool,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Approve a pending approval (approver token in --token or FIREBREAK_TOKEN).
+    Approve {
+        /// Approval id (`ap_…`).
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        why: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Deny a pending approval (approver token).
+    Deny {
+        /// Approval id (`ap_…`).
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        why: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+/// `firebreak breakglass …`.
+#[derive(Debug, Subcommand)]
+pub enum BreakglassCommand {
+    /// Open a break-glass window for an agent (approver token). An alert is logged at open and
+    /// close; tokens minted under it expire by its end.
+    ///
+    /// Example: `firebreak breakglass open --agent deploy-bot --reason incident --ttl 30m`.
+    Open {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// A reason code from `[elevation] reason_codes`.
+        #[arg(long)]
+        reason: String,
+        /// Duration (default `[breakglass] default_duration`, at most `max_duration`).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why, in words.
+        #[arg(long, default_value = "")]
+        justification: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Close a window early (approver or admin).
+    Close {
+        /// Window id (`bg_…`).
+        id: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+/// `firebreak approver …`.
+#[derive(Debug, Subcommand)]
+pub enum ApproverCommand {
+    /// Print a fresh approver token and the `token_sha256` to put in its `[[approver]]` entry.
+    /// The token is shown once; Firebreak stores only the hash.
+    ///
+    /// Example: `firebreak approver token alice`.
+    Token {
+        /// Approver id.
+        id: String,
+    },
 }
 
 /// `firebreak audit …`. These read the database file named by the config directly (read-only,

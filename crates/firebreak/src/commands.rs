@@ -235,6 +235,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Audit(cmd) => crate::audit_cmd::run(cmd, out).await,
+        Command::Policy(cmd) => crate::grants_cmd::policy(cmd, out),
+        Command::Elevation(cmd) => crate::grants_cmd::elevation(cmd, out).await,
+        Command::Breakglass(cmd) => crate::grants_cmd::breakglass(cmd, out).await,
+        Command::Approver(cmd) => crate::grants_cmd::approver(cmd, out),
         Command::Keys(KeysCommand::List(b)) => {
             let v = admin(&b, Method::GET, "/v1/keys").await?;
             print_value(out, &v, |v| {
@@ -296,7 +300,7 @@ fn pretty(v: &Value) -> String {
     s
 }
 
-fn print_value(out: Output, v: &Value, human: impl Fn(&Value) -> String) {
+pub(crate) fn print_value(out: Output, v: &Value, human: impl Fn(&Value) -> String) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Human => print!("{}", human(v)),
@@ -340,17 +344,20 @@ fn admin_credential(b: &BrokerArgs) -> Result<String, CliError> {
         .map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))
 }
 
-async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliError> {
+/// Calls the broker with the caller's bearer credential and an optional JSON body.
+pub(crate) async fn broker_call(
+    b: &BrokerArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
     let url = broker_url(b.broker.as_deref(), &b.config)?;
     let token = admin_credential(b)?;
+    let headers = [("authorization", format!("Bearer {token}"))];
+    let body = body.map(|v| ("application/json", v.to_string().into_bytes()));
     let reply = Client::new()
         .map_err(failed)?
-        .send(
-            method,
-            &format!("{url}{path}"),
-            &[("authorization", format!("Bearer {token}"))],
-            None,
-        )
+        .send(method, &format!("{url}{path}"), &headers, body)
         .await
         .map_err(failed)?;
     let v = reply.json();
@@ -365,8 +372,15 @@ async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliE
     Ok(v)
 }
 
+async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliError> {
+    broker_call(b, method, path, None).await
+}
+
 fn check(path: &Path, out: Output) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
+    // The policies too: generated from grants plus the [policy] dir, validated against the schema.
+    let pdp =
+        firebreak_server::decider::load_pdp(&cfg).map_err(|e| policy_config_error(&cfg, &e))?;
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
     }
@@ -376,6 +390,8 @@ fn check(path: &Path, out: Output) -> Result<(), CliError> {
         "agents": cfg.agents.len(),
         "targets": cfg.targets.len() - 1,
         "clients": cfg.clients.len(),
+        "policies": pdp.policy_count(),
+        "policy_version": pdp.version(),
         "warnings": cfg.warnings,
         "valid": true,
     });
@@ -391,6 +407,15 @@ fn check(path: &Path, out: Output) -> Result<(), CliError> {
         )
     });
     Ok(())
+}
+
+fn policy_config_error(cfg: &Config, e: &firebreak_policy::PolicyError) -> CliError {
+    CliError::Config(ConfigError {
+        file: cfg.file.clone(),
+        line: None,
+        rule: "policy".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Opens the store a config names, with the audit writer (creating the audit key at first start).
@@ -426,7 +451,34 @@ async fn serve(path: &Path) -> Result<(), CliError> {
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg, Arc::clone(&clock))?;
     let listen = cfg.server.listen;
-    let broker = Broker::new(cfg, store, clock).await.map_err(failed)?;
+    let broker = match Broker::new(cfg, store, clock).await {
+        Ok(b) => b,
+        // A policy set that does not load is a configuration error: exit 78.
+        Err(firebreak_server::StartError::Policy(e)) => {
+            return Err(CliError::Config(firebreak_server::ConfigError {
+                file: path.to_owned(),
+                line: None,
+                rule: "policy".into(),
+                reason: e.to_string(),
+            }));
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    // SIGHUP reloads the policy set; a bad set keeps the old one (and says why in the log).
+    #[cfg(unix)]
+    {
+        let b = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = b.reload_policy().await;
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| failed(format!("bind {listen}: {e}")))?;

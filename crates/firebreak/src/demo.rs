@@ -108,6 +108,8 @@ fn demo_config(
     issuer: &str,
     data_dir: &str,
     client_secret: &str,
+    approver_token: &str,
+    policy_dir: &str,
 ) -> String {
     format!(
         r#"[server]
@@ -151,11 +153,38 @@ id = "demo-gateway"
 secret_sha256 = "{secret_hash}"
 roles = ["introspect", "revoke"]
 audiences = ["{TOOL_AUDIENCE}"]
+
+[policy]
+dir = "{policy_dir}"
+
+[elevation]
+reason_codes = ["incident", "change-ticket"]
+max_duration = "1h"
+
+[[approver]]
+id = "alice"
+token_sha256 = "{approver_hash}"
+expires = {expires}
+identities = [{{ iss = "https://idp.acme.example", sub = "alice" }}]
+emails = ["alice@acme.example"]
 "#,
         expires = date_in_days(180),
         secret_hash = sha256_hex(client_secret.as_bytes()),
+        approver_hash = sha256_hex(approver_token.as_bytes()),
     )
 }
+
+/// The demo's Cedar policies, beside those generated from `grants`.
+const DEMO_POLICIES: &str = r#"// repo:admin is never granted outright: only inside an approved elevation.
+@id("admin-only-when-elevated")
+permit(principal == Agent::"deploy-bot", action == Action::"exchange", resource == Target::"github-tools")
+when { context.scope.contains("repo:admin") && context.elevations.contains("exchange:github-tools") };
+
+// Every elevation needs a human.
+@id("elevations-need-a-human")
+@approval("required")
+permit(principal, action == Action::"elevate", resource);
+"#;
 
 struct Narrator {
     out: Output,
@@ -238,12 +267,19 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     let client_secret = random_b64url(24);
     let data_dir = dir.path().join("data");
     let config_path = dir.path().join("firebreak.toml");
+    let approver_token = format!("fbapr_{}", random_b64url(32));
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).map_err(|e| fail("policy dir", e))?;
+    std::fs::write(policy_dir.join("demo.cedar"), DEMO_POLICIES)
+        .map_err(|e| fail("policies", e))?;
     let config_text = demo_config(
         &broker_url,
         &addr.to_string(),
         &issuer.url,
         &data_dir.display().to_string(),
         &client_secret,
+        &approver_token,
+        &policy_dir.display().to_string(),
     );
     std::fs::write(&config_path, &config_text).map_err(|e| fail("write config", e))?;
     let cfg = Config::load(&config_path)?;
@@ -364,7 +400,119 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
         &format!("→ {} {e}", r.status.as_u16()),
     );
 
-    // 7. Introspection by the gateway (a registered client).
+    // 7–10. Just-in-time elevation: ask, a human approves, the call goes through, it expires.
+    let oidc_b = issuer.mint(&broker_url, "refs/heads/main")?;
+    let r = exchange(&client, &broker_url, &oidc_b, &broker_url, None).await?;
+    let broker_token = r.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = json!({ "action": "exchange", "target": "github-tools", "reason_code": "incident",
+                       "justification": "INC-42: hotfix needs repo:admin", "duration": "4s" });
+    let r = client
+        .send(
+            http::Method::POST,
+            &format!("{broker_url}/v1/elevations"),
+            &[("authorization", format!("Bearer {broker_token}"))],
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .map_err(|e| fail("elevation", e))?;
+    let el = r.json();
+    if r.status != 201 || el["status"] != "pending" {
+        return Err(fail("elevation request", format!("{} {el}", r.status)));
+    }
+    let (el_id, ap_id) = (
+        el["id"].as_str().unwrap_or_default().to_owned(),
+        el["approval_id"].as_str().unwrap_or_default().to_owned(),
+    );
+    n.step(
+        "Elevation: the agent asks for repo:admin for 4 s, reason code incident",
+        &format!("POST /v1/elevations → 201 status=pending approval={ap_id}\n(policy elevations-need-a-human: @approval(\"required\"))"),
+    );
+    let r = client
+        .send(
+            http::Method::POST,
+            &format!("{broker_url}/v1/approvals/{ap_id}/approve"),
+            &[("authorization", format!("Bearer {approver_token}"))],
+            Some((
+                "application/json",
+                json!({ "why": "on call, INC-42" }).to_string().into_bytes(),
+            )),
+        )
+        .await
+        .map_err(|e| fail("approve", e))?;
+    let ap = r.json();
+    if r.status != 200 || ap["status"] != "approved" {
+        return Err(fail("approval", format!("{} {ap}", r.status)));
+    }
+    n.step(
+        "Approval: approver alice approves (not the agent, its owner or anyone in its act chain)",
+        &format!(
+            "POST /v1/approvals/{ap_id}/approve → approved until {}",
+            ap["expires_at"].as_str().unwrap_or("")
+        ),
+    );
+    let elevated = |token: String| {
+        let (client, url, id) = (client.clone(), broker_url.clone(), el_id.clone());
+        async move {
+            let pairs = [
+                ("grant_type", EXCHANGE),
+                ("subject_token", token.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", TOOL_AUDIENCE),
+                ("scope", "repo:admin"),
+                ("elevation", id.as_str()),
+            ];
+            client
+                .post_form(&format!("{url}/oauth2/token"), &[], encode_pairs(pairs))
+                .await
+        }
+    };
+    let r = elevated(issuer.mint(&broker_url, "refs/heads/main")?)
+        .await
+        .map_err(|e| fail("elevated exchange", e))?;
+    let v = r.json();
+    if r.status != 200 || v["scope"] != "repo:admin" {
+        return Err(fail("elevated exchange", format!("{} {v}", r.status)));
+    }
+    n.step(
+        "The same call, now allowed: repo:admin inside the elevation",
+        &format!("→ 200 scope=repo:admin expires_in={}s (never past the elevation's end; policy admin-only-when-elevated)", v["expires_in"]),
+    );
+    // Wait (bounded) for the elevation's hard end.
+    let mut expired = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = elevated(issuer.mint(&broker_url, "refs/heads/main")?)
+            .await
+            .map_err(|e| fail("expired elevation", e))?;
+        if r.status == 400 {
+            let e = r.json();
+            // In the last second of the elevation nothing is left to issue (token_expired);
+            // keep waiting for the elevation itself to end.
+            if e["error_description"] == "token_expired" {
+                continue;
+            }
+            if e["error"] != "invalid_grant" {
+                return Err(fail("expired elevation", e));
+            }
+            n.step(
+                "The elevation expires: the same request once more",
+                &format!("→ 400 {e}"),
+            );
+            expired = true;
+            break;
+        }
+    }
+    if !expired {
+        return Err(fail(
+            "expired elevation",
+            "still usable 6 s after a 4 s elevation",
+        ));
+    }
+
+    // Introspection by the gateway (a registered client).
     let auth = basic("demo-gateway", &client_secret);
     let introspect = |token: String| {
         let client = client.clone();
@@ -447,7 +595,15 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
             .and_then(|a| a.last())
             .and_then(|c| c["tree_size"].as_u64())
             .unwrap_or(0);
-        if newest >= 6 {
+        let export = client
+            .get(&format!("{broker_url}/v1/audit/export"), Some(admin.trim()))
+            .await
+            .map_err(|e| fail("export", e))?;
+        let records = String::from_utf8_lossy(&export.body)
+            .lines()
+            .filter(|l| !l.contains("\"kind\":\"checkpoint\""))
+            .count() as u64;
+        if records > 0 && newest >= records {
             anchored = true;
             break;
         }

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod commands;
 mod demo;
+mod grants_cmd;
 
 use std::process::ExitCode;
 

@@ -164,3 +164,121 @@ fn demo_runs_end_to_end() {
         "the admin token never reaches output"
     );
 }
+
+const POLICY: &str = r#"@id("deploy-read")
+permit(principal == Agent::"deploy-bot", action == Action::"exchange", resource == Target::"tools")
+when { ["read"].containsAll(context.scope) };
+"#;
+
+const TARGET: &str = "\n[[target]]\nid = \"tools\"\naudience = \"https://gw/tools\"\nkind = \"http\"\ntenant = \"acme\"\nenvironment = \"production\"\ntier = \"write\"\n\n[policy]\ndir = \"policies\"\n";
+
+fn policy_dir(dir: &tempfile::TempDir, cases: &str) -> std::path::PathBuf {
+    let p = dir.path().join("policies");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("main.cedar"), POLICY).unwrap();
+    std::fs::write(p.join("main.test.toml"), cases).unwrap();
+    write(dir, &format!("{GOOD}{TARGET}"))
+}
+
+/// `policy test` passes on right expectations and exits 1 on a deliberately wrong one: a
+/// changed decision is caught.
+#[test]
+fn policy_test_catches_a_changed_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let right = r#"
+[[case]]
+name = "read allowed"
+principal = { agent = "deploy-bot" }
+action = "exchange"
+resource = { target = "tools" }
+context = { scope = ["read"] }
+expect = "allow"
+reasons = ["deploy-read"]
+
+[[case]]
+name = "write refused"
+principal = { agent = "deploy-bot" }
+action = "exchange"
+resource = { target = "tools" }
+context = { scope = ["write"] }
+expect = "deny"
+"#;
+    let cfg = policy_dir(&dir, right);
+    let out = firebreak()
+        .args(["policy", "test", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 passed, 0 failed"));
+    let wrong = right.replace("expect = \"deny\"", "expect = \"allow\"");
+    let cfg = policy_dir(&dir, &wrong);
+    let out = firebreak()
+        .args(["policy", "test", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed, 1 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `check` validates the policies: a broken policy file is a config error (78) naming it.
+#[test]
+fn check_refuses_a_bad_policy_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = policy_dir(&dir, "");
+    assert_eq!(
+        firebreak()
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+    std::fs::write(
+        dir.path().join("policies/bad.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let out = firebreak()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.cedar") && err.contains("@id"), "{err}");
+    let out = firebreak()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "serve refuses it too");
+}
+
+#[test]
+fn approver_token_prints_token_and_hash() {
+    let out = firebreak()
+        .args(["-o", "json", "approver", "token", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert_eq!(
+        v["token_sha256"],
+        firebreak_token::sha256_hex(token.as_bytes())
+    );
+}
