@@ -277,7 +277,10 @@ pub fn generated_policies(config: &Config) -> String {
 }
 
 /// Reads `*.cedar` and `schema.cedarschema` from a policy dir.
-fn read_dir(dir: &Path) -> Result<(Vec<(String, String)>, Option<String>), PolicyError> {
+/// `(file name, text)` pairs.
+type Sources = Vec<(String, String)>;
+
+fn read_dir(dir: &Path) -> Result<(Sources, Option<String>), PolicyError> {
     let io = |source: std::io::Error| PolicyError::ReadDir {
         dir: dir.to_owned(),
         source,

@@ -317,16 +317,15 @@ impl Broker {
             Decision::Deny(d) => return Err(BrokerError::Denied(Box::new(d))),
         };
         // A single-use elevation is consumed by the exchange it allowed.
-        if let Some(e) = &elevation {
-            if e.single_use
-                && self
-                    .store
-                    .use_elevation(&e.id, agent_id, parent_session, now)
-                    .await?
-                    .is_none()
-            {
-                return Err(BrokerError::GrantUnusable);
-            }
+        if let Some(e) = &elevation
+            && e.single_use
+            && self
+                .store
+                .use_elevation(&e.id, agent_id, parent_session, now)
+                .await?
+                .is_none()
+        {
+            return Err(BrokerError::GrantUnusable);
         }
         // Lifetime: the smallest of every bound (X07); nothing left means nothing issued.
         let limit = |ms: u64| now_s.saturating_add(i64::try_from(ms / 1000).unwrap_or(i64::MAX));
