@@ -451,6 +451,10 @@ async fn serve(path: &Path) -> Result<(), CliError> {
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg, Arc::clone(&clock))?;
     let listen = cfg.server.listen;
+    #[cfg(feature = "danger-bench-no-audit")]
+    tracing::error!(
+        "DANGER: benchmark build without audit records (feature danger-bench-no-audit); never run this in production"
+    );
     let broker = match Broker::new(cfg, store, clock).await {
         Ok(b) => b,
         // A policy set that does not load is a configuration error: exit 78.
