@@ -1027,3 +1027,28 @@ async fn t09_poisoned_jwks_at_token_endpoint() {
         "the good key keeps working"
     );
 }
+
+/// SECURITY-TESTS.md X08 (broker part): an agent of tenant acme exchanging for tenant globex's
+/// resource gets invalid_target; globex's resource server introspecting acme's token learns
+/// nothing.
+#[tokio::test]
+async fn x08_cross_tenant_exchange_and_introspection_refused() {
+    let h = Harness::start().await;
+    assert_oauth(
+        &h.exchange(&h.subject(), JWT, GLOBEX_TOOLS, None).await,
+        400,
+        "invalid_target",
+        "cross_environment",
+    );
+    let t = h.tool_token(Some("read")).await;
+    // rs-other serves another audience: the token is not active for it.
+    assert_eq!(
+        h.introspect(&t, "rs-other", OTHER_SECRET).await.json(),
+        json!({ "active": false })
+    );
+    // Positive twin: the right tenant's resource server sees it.
+    assert_eq!(
+        h.introspect(&t, "rs-tools", CLIENT_SECRET).await.json()["tenant"],
+        "acme"
+    );
+}

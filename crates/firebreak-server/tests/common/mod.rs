@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub const TOOLS: &str = "https://gw.acme.example/tools";
 pub const STAGING_TOOLS: &str = "https://gw.acme.example/staging-tools";
+pub const GLOBEX_TOOLS: &str = "https://gw.globex.example/tools";
 pub const CLIENT_SECRET: &str = "s3cret-introspector";
 pub const OTHER_SECRET: &str = "s3cret-other";
 pub const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -95,6 +96,14 @@ tenant = "acme"
 environment = "staging"
 tier = "write"
 max_ttl = "10m"
+
+[[target]]
+id = "globex-tools"
+audience = "{GLOBEX_TOOLS}"
+kind = "http"
+tenant = "globex"
+environment = "production"
+tier = "write"
 
 [[client]]
 id = "rs-tools"

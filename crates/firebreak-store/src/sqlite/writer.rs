@@ -337,7 +337,10 @@ fn append(
     {
         // Benchmark-only build: the exchange without its record. See Cargo.toml.
         let _ = (conn, draft);
-        Ok(AuditReceipt { seq: chain.head.seq, hash: chain.head.hash.clone() })
+        Ok(AuditReceipt {
+            seq: chain.head.seq,
+            hash: chain.head.hash.clone(),
+        })
     }
     #[cfg(not(feature = "danger-bench-no-audit"))]
     append_record(conn, chain, draft)
