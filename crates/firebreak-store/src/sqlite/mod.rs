@@ -360,12 +360,8 @@ pub(super) fn apply_exchange(tx: &Connection, ex: &NewExchange) -> Result<(), St
         ])
     })
     .map_err(db_err)?;
-    tx.prepare_cached(
-        "INSERT INTO agent_state (id, last_used) VALUES (?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET last_used = excluded.last_used",
-    )
-    .and_then(|mut st| st.execute(params![s.agent.as_str(), ms(s.created_at)]))
-    .map_err(db_err)?;
+    // No per-exchange write of the agent's last use: it is the newest session's start, read
+    // through the (agent, created_at) index when asked for (`agent_last_used`).
     Ok(())
 }
 
@@ -916,7 +912,7 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let v: Option<Option<i64>> = conn
                 .query_row(
-                    "SELECT last_used FROM agent_state WHERE id = ?1",
+                    "SELECT MAX(created_at) FROM sessions WHERE agent = ?1",
                     params![agent.as_str()],
                     |r| r.get(0),
                 )
