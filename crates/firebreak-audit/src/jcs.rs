@@ -98,7 +98,19 @@ fn write_value(out: &mut String, v: &Value) -> Result<(), AuditError> {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => write_number(out, n.as_f64().ok_or(AuditError::NonFiniteNumber)?)?,
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            // Integers of magnitude below 2^53 are exactly their own double, and ECMAScript
+            // prints such a double as its plain decimal digits: no float formatting needed.
+            (Some(i), _) if i.unsigned_abs() < (1u64 << 53) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{i}");
+            }
+            (None, Some(u)) if u < (1u64 << 53) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{u}");
+            }
+            _ => write_number(out, n.as_f64().ok_or(AuditError::NonFiniteNumber)?)?,
+        },
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.push('[');
