@@ -645,3 +645,35 @@ async fn policy_reload_keeps_the_old_set_on_error() {
     // Only an admin may reload.
     assert_eq!(h.http.send("POST", &url, &[], Vec::new()).await.status, 401);
 }
+
+/// Bad elevation requests: unknown reason code, duration over the cap, a target in another
+/// environment, an unknown action → 400 problem JSON, nothing stored.
+#[tokio::test]
+async fn bad_elevation_requests_refused() {
+    let h = harness().await;
+    let t = h.broker_token().await;
+    for body in [
+        json!({ "action": "exchange", "target": "tools", "reason_code": "whim", "justification": "x", "duration": "5m" }),
+        json!({ "action": "exchange", "target": "tools", "reason_code": "incident", "justification": "x", "duration": "2h" }),
+        json!({ "action": "exchange", "target": "staging-tools", "reason_code": "incident", "justification": "x", "duration": "5m" }),
+        json!({ "action": "fly", "target": "tools", "reason_code": "incident", "justification": "x", "duration": "5m" }),
+        json!({ "action": "exchange", "target": "tools", "reason_code": "incident", "duration": "5m" }),
+    ] {
+        let r = h.post_json("/v1/elevations", &t, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.json());
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+    }
+    let admin = format!("Bearer {}", h.admin);
+    let list = h
+        .http
+        .get(
+            &format!("{}/v1/elevations", h.url),
+            &[("authorization", &admin)],
+        )
+        .await
+        .json();
+    assert_eq!(list["elevations"].as_array().unwrap().len(), 0);
+    // An agent cannot ask on another agent's behalf.
+    let r = h.post_json("/v1/elevations", &t, json!({ "agent": "other-bot", "action": "exchange", "target": "tools", "reason_code": "incident", "justification": "x" })).await;
+    assert_eq!(r.status, 403);
+}
