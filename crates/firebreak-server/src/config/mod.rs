@@ -637,6 +637,27 @@ impl Checker<'_> {
         }
     }
 
+    /// A TOML date (`2027-06-30`, no time) as the start of that day, UTC.
+    fn date(
+        &self,
+        rule: &str,
+        id: &str,
+        v: &toml::value::Datetime,
+    ) -> Result<UnixTime, ConfigError> {
+        let text = v.to_string();
+        match (v.date, v.time) {
+            (Some(_), None) => parse_date(&text),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            self.err(
+                rule,
+                Some(id),
+                format!("expires must be a date like 2027-06-30, not {text:?}"),
+            )
+        })
+    }
+
     /// The line of `id = "<id>"` (how every table names itself), for messages.
     fn line_of(&self, id: &str) -> Option<usize> {
         let quoted = format!("\"{id}\"");
@@ -937,17 +958,7 @@ impl Config {
                 return Err(c.err(rule, Some(&ra.id), "duplicate agent id"));
             }
             let expires_text = ra.expires.to_string();
-            let expires = match (ra.expires.date, ra.expires.time) {
-                (Some(_), None) => parse_date(&expires_text),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                c.err(
-                    &rule,
-                    Some(&ra.id),
-                    format!("expires must be a date like 2027-06-30, not {expires_text:?}"),
-                )
-            })?;
+            let expires = c.date(&rule, &ra.id, &ra.expires)?;
             for (field, v) in [
                 ("owner", &ra.owner),
                 ("purpose", &ra.purpose),
@@ -1209,18 +1220,7 @@ impl Config {
                     "token_sha256 must be 64 hex characters (from `firebreak approver token`)",
                 )
             })?;
-            let expires_text = ra.expires.to_string();
-            let expires = match (ra.expires.date, ra.expires.time) {
-                (Some(_), None) => parse_date(&expires_text),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                c.err(
-                    &rule,
-                    Some(&ra.id),
-                    "expires must be a date like 2027-01-31",
-                )
-            })?;
+            let expires = c.date(&rule, &ra.id, &ra.expires)?;
             if ra.identities.is_empty() && ra.emails.is_empty() {
                 return Err(c.err(rule, Some(&ra.id), "list the approver's identities or emails: self-approval is checked against them"));
             }
