@@ -283,6 +283,11 @@ impl Broker {
                 )
             }
         };
+        // The parent session's depth, read once: the decision's context and the new row use it.
+        let parent_depth = match parent {
+            Some(p) => Some(self.session_depth(&p.session).await?),
+            None => None,
+        };
         let context = Context {
             elevations: grants.elevation_strings(agent_id, parent_session, now),
             break_glass: break_glass.is_some(),
@@ -293,16 +298,12 @@ impl Broker {
                 .clone()
                 .unwrap_or_else(|| subject.agent.purpose.clone()),
             time: now_s,
-            session: match parent {
-                Some(p) => Some(SessionCtx {
-                    id: p.session.to_string(),
-                    depth: i64::from(self.session_depth(&p.session).await?),
-                    age_seconds: now_s.saturating_sub(
-                        p.claims.get("iat").and_then(Value::as_i64).unwrap_or(now_s),
-                    ),
-                }),
-                None => None,
-            },
+            session: parent.map(|p| SessionCtx {
+                id: p.session.to_string(),
+                depth: i64::from(parent_depth.unwrap_or_default()),
+                age_seconds: now_s
+                    .saturating_sub(p.claims.get("iat").and_then(Value::as_i64).unwrap_or(now_s)),
+            }),
             ..Context::default()
         };
         let requested = requested.unwrap_or_default();
@@ -356,10 +357,7 @@ impl Broker {
             .map_err(|_| BrokerError::Signing("session id".into()))?;
         let jti = Jti::try_from(format!("t_{stamp}{}", random_b64url(15)))
             .map_err(|_| BrokerError::Signing("jti".into()))?;
-        let depth = match parent {
-            Some(p) => self.session_depth(&p.session).await?.saturating_add(1),
-            None => 0,
-        };
+        let depth = parent_depth.map_or(0, |d| d.saturating_add(1));
         let scope = permit.scopes().join(" ");
         let purpose = req
             .purpose
