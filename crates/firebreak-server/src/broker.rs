@@ -1018,21 +1018,11 @@ pub async fn export_lines(
         Some(c) => vec![c.to_owned()],
         None => store.audit_chains().await?,
     };
+    // One query per chain: the caller holds the whole export anyway, so paging would only add
+    // a cursor to get right (the store appends trailing checkpoints to the last page).
     let mut out = Vec::new();
     for c in chains {
-        let mut cursor = after;
-        loop {
-            const PAGE: u32 = 10_000;
-            let page = store.audit_lines(&c, cursor, PAGE).await?;
-            let records = page.iter().filter(|l| !l.checkpoint).count();
-            let last = page.iter().filter(|l| !l.checkpoint).map(|l| l.seq).max();
-            out.extend(page);
-            // A short page is the last one (the store appends any trailing checkpoints to it).
-            match last {
-                Some(l) if records >= PAGE as usize => cursor = l,
-                _ => break,
-            }
-        }
+        out.extend(store.audit_lines(&c, after, u32::MAX).await?);
     }
     Ok(out)
 }
