@@ -17,8 +17,8 @@ use firebreak_core::{AgentId, Jti, SessionId, UnixTime};
 
 pub use model::{
     ApprovalRow, ApprovalStatus, AuditDraft, AuditLine, AuditReceipt, AuditSettings, BROKER_CHAIN,
-    BreakGlassRow, ElevationRow, ElevationStatus, IngestRecord, KeyRow, KeyState, NewExchange,
-    ReplayGuard, SessionRow, TokenRow, TokenStatus,
+    BreakGlassRow, ElevationRow, ElevationStatus, EventKind, EventRow, IngestRecord, KeyRow,
+    KeyState, NewEvent, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
 };
 pub use sqlite::SqliteStore;
 
@@ -245,4 +245,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A cheap round trip, for `/readyz`.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Appends events to the store-wide stream in one transaction; returns the last seq.
+    /// Revocations need no call: `revoke_session_tree` and `revoke_agent` write their events in
+    /// their own transaction (`INVARIANT (revocation-has-event)`).
+    fn append_events(&self, events: Vec<NewEvent>) -> StoreFuture<'_, u64>;
+
+    /// Events with seq > `after`, in order, at most `limit`.
+    fn events_after(&self, after: u64, limit: u32) -> StoreFuture<'_, Vec<EventRow>>;
+
+    /// The head seq and, read in the same transaction, every event whose `until` is after
+    /// `now`, in order: what a fresh enforcement point needs (DESIGN.md §9 `snapshot`).
+    fn event_snapshot(&self, now: UnixTime) -> StoreFuture<'_, (u64, Vec<EventRow>)>;
+
+    /// The last seq (0 when no event was ever written).
+    fn event_head(&self) -> StoreFuture<'_, u64>;
+
+    /// Deletes events whose `until` is before `before`; returns how many. Seqs are never reused.
+    fn purge_events(&self, before: UnixTime) -> StoreFuture<'_, u64>;
+
+    /// Wakes when the head may have moved (an event committed here or, for a shared database,
+    /// on another replica). A hint only: readers still query `events_after`.
+    fn event_watch(&self) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -411,3 +411,90 @@ impl std::fmt::Debug for KeyRow {
             .finish_non_exhaustive()
     }
 }
+
+/// The kinds of event on the store-wide stream (`/v1/events`, DESIGN.md §9). `heartbeat` and
+/// `snapshot` are made by the stream itself and never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A session, agent, token or key was revoked.
+    Revoke,
+    /// An elevation changed state (approved, denied, used, expired).
+    Elevation,
+    /// A break-glass window opened or closed.
+    BreakGlass,
+    /// A new policy version is in force.
+    Policy,
+}
+
+impl EventKind {
+    /// The SSE `event:` name and the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Revoke => "revoke",
+            EventKind::Elevation => "elevation",
+            EventKind::BreakGlass => "breakglass",
+            EventKind::Policy => "policy",
+        }
+    }
+
+    /// The inverse of [`EventKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            EventKind::Revoke,
+            EventKind::Elevation,
+            EventKind::BreakGlass,
+            EventKind::Policy,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// An event to append. `data` is a JSON object without `seq` (the store assigns it).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The event's JSON object (DESIGN.md §9), without `seq`.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// Until when the event matters: after this no enforcement point needs it (the latest `exp`
+    /// it covers, an elevation's or window's end). Snapshots carry only events not yet past it.
+    pub until: UnixTime,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// Store-wide, gap-free, 1-based sequence (the SSE `id`).
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The event's JSON object, with `seq` set.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// See [`NewEvent::until`].
+    pub until: UnixTime,
+}
+
+impl NewEvent {
+    /// A `revoke` event (`kind` is `session`, `agent`, `jti` or `key`); times in Unix seconds on
+    /// the wire, `until` rounded up so a token's last second is covered.
+    pub fn revoke(kind: &str, id: &str, until: UnixTime, at: UnixTime) -> Self {
+        let mut data = serde_json::Map::new();
+        data.insert("kind".into(), kind.into());
+        data.insert("id".into(), id.into());
+        data.insert(
+            "until".into(),
+            until
+                .as_millis()
+                .saturating_add(999)
+                .div_euclid(1000)
+                .into(),
+        );
+        data.insert("at".into(), at.as_secs().into());
+        NewEvent {
+            kind: EventKind::Revoke,
+            data,
+            until,
+        }
+    }
+}

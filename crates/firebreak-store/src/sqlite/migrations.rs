@@ -134,6 +134,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
          );
          CREATE INDEX breakglass_agent ON breakglass(agent, ends_at);",
     ),
+    (
+        4,
+        "CREATE TABLE events (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             kind TEXT NOT NULL,
+             data TEXT NOT NULL,
+             until INTEGER NOT NULL
+         );
+         CREATE INDEX events_until ON events(until);",
+    ),
 ];
 
 /// Applies every migration newer than the database's version.

@@ -4,6 +4,7 @@
 //! on tokio's blocking pool, so the async runtime never waits on a disk flush. Both take the
 //! write lock up front (`BEGIN IMMEDIATE`), so SQLite serialises them.
 
+mod events;
 mod grants;
 mod migrations;
 mod writer;
@@ -16,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     ApprovalRow, AuditDraft, AuditLine, AuditReceipt, AuditSettings, BreakGlassRow, ElevationRow,
-    IngestRecord, KeyRow, KeyState, NewExchange, SessionRow, Store, StoreError, StoreFuture,
-    TokenRow, TokenStatus,
+    EventRow, IngestRecord, KeyRow, KeyState, NewEvent, NewExchange, SessionRow, Store, StoreError,
+    StoreFuture, TokenRow, TokenStatus,
 };
 
 /// SQLite-backed [`Store`].
@@ -26,6 +27,8 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     writer: writer::WriterHandle,
     path: PathBuf,
+    /// The event head after each commit that wrote events (`Store::event_watch`).
+    events: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -46,10 +49,12 @@ impl SqliteStore {
         let conn = Self::connect(path)?;
         migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
         let writer = writer::start(Self::connect(path)?, Self::connect(path)?, audit)?;
+        let head = events::head_tx(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writer,
             path: path.to_owned(),
+            events: Arc::new(tokio::sync::watch::channel(head).0),
         })
     }
 
@@ -231,15 +236,31 @@ fn revoke_tree_tx(
                  SELECT s.id FROM sessions s JOIN tree t ON s.parent = t.id)
              UPDATE sessions SET revoked_at = ?2
               WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL
-             RETURNING id",
+             RETURNING id, expires_at",
         )
         .map_err(db_err)?;
-    let ids = stmt
-        .query_map(params![root, at], |r| r.get::<_, String>(0))
+    let rows = stmt
+        .query_map(params![root, at], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
         .map_err(db_err)?;
     let mut out = Vec::new();
-    for id in ids {
-        out.push(SessionId::try_from(id.map_err(db_err)?).map_err(|e| corrupt("sessions", e))?);
+    for row in rows {
+        let (id, expires) = row.map_err(db_err)?;
+        let id = SessionId::try_from(id).map_err(|e| corrupt("sessions", e))?;
+        // INVARIANT (revocation-has-event): one `revoke` event per newly revoked session, in
+        // the revoking transaction, so an enforcement point can never miss a committed
+        // revocation (DESIGN.md §9: a session revoke emits one event per descendant).
+        events::insert_tx(
+            tx,
+            &NewEvent::revoke(
+                "session",
+                id.as_str(),
+                UnixTime::from_millis(expires),
+                UnixTime::from_millis(at),
+            ),
+        )?;
+        out.push(id);
     }
     Ok(out)
 }
@@ -844,41 +865,82 @@ impl Store for SqliteStore {
 
     fn revoke_session_tree(&self, id: &SessionId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>> {
         let id = id.clone();
+        let notify = Arc::clone(&self.events);
         self.with(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
             let ids = revoke_tree_tx(&tx, id.as_str(), ms(at))?;
+            let head = events::head_tx(&tx)?;
             tx.commit().map_err(db_err)?;
+            notify.send_replace(head);
             Ok(ids)
         })
     }
 
     fn revoke_agent(&self, agent: &AgentId, at: UnixTime) -> StoreFuture<'_, Vec<SessionId>> {
         let agent = agent.clone();
+        let notify = Arc::clone(&self.events);
         self.with(move |conn| {
             let tx = conn.transaction().map_err(db_err)?;
+            let already: Option<i64> = tx
+                .query_row(
+                    "SELECT revoked_at FROM agent_state WHERE id = ?1",
+                    params![agent.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .flatten();
             tx.execute(
                 "INSERT INTO agent_state (id, revoked_at) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET revoked_at = COALESCE(revoked_at, excluded.revoked_at)",
                 params![agent.as_str(), ms(at)],
             )
             .map_err(db_err)?;
+            if already.is_none() {
+                // INVARIANT (revocation-has-event): the agent's own event covers every token it
+                // holds, including sessions that expire later than any listed below.
+                let until: Option<i64> = tx
+                    .query_row(
+                        "SELECT MAX(expires_at) FROM sessions WHERE agent = ?1",
+                        params![agent.as_str()],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                events::insert_tx(
+                    &tx,
+                    &NewEvent::revoke(
+                        "agent",
+                        agent.as_str(),
+                        UnixTime::from_millis(until.unwrap_or(ms(at)).max(ms(at))),
+                        at,
+                    ),
+                )?;
+            }
             let mut out = Vec::new();
+            let mut revoked = Vec::new();
             {
                 let mut stmt = tx
                     .prepare(
                         "UPDATE sessions SET revoked_at = ?2
-                          WHERE agent = ?1 AND revoked_at IS NULL RETURNING id",
+                          WHERE agent = ?1 AND revoked_at IS NULL RETURNING id, expires_at",
                     )
                     .map_err(db_err)?;
-                let ids = stmt
-                    .query_map(params![agent.as_str(), ms(at)], |r| r.get::<_, String>(0))
+                let rows = stmt
+                    .query_map(params![agent.as_str(), ms(at)], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
                     .map_err(db_err)?;
-                for id in ids {
-                    out.push(
-                        SessionId::try_from(id.map_err(db_err)?)
-                            .map_err(|e| corrupt("sessions", e))?,
-                    );
+                for row in rows {
+                    revoked.push(row.map_err(db_err)?);
                 }
+            }
+            for (id, expires) in revoked {
+                let id = SessionId::try_from(id).map_err(|e| corrupt("sessions", e))?;
+                events::insert_tx(
+                    &tx,
+                    &NewEvent::revoke("session", id.as_str(), UnixTime::from_millis(expires), at),
+                )?;
+                out.push(id);
             }
             // Children of this agent's sessions may belong to other agents (delegation); they
             // go too, since their authority came from a revoked session.
@@ -887,7 +949,9 @@ impl Store for SqliteStore {
                 more.extend(revoke_tree_tx(&tx, id.as_str(), ms(at))?);
             }
             out.extend(more);
+            let head = events::head_tx(&tx)?;
             tx.commit().map_err(db_err)?;
+            notify.send_replace(head);
             Ok(out)
         })
     }
@@ -1092,6 +1156,45 @@ impl Store for SqliteStore {
             conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)?;
             Ok(())
         })
+    }
+
+    fn append_events(&self, batch: Vec<NewEvent>) -> StoreFuture<'_, u64> {
+        let notify = Arc::clone(&self.events);
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            for e in &batch {
+                events::insert_tx(&tx, e)?;
+            }
+            let head = events::head_tx(&tx)?;
+            tx.commit().map_err(db_err)?;
+            notify.send_replace(head);
+            Ok(head)
+        })
+    }
+
+    fn events_after(&self, after: u64, limit: u32) -> StoreFuture<'_, Vec<EventRow>> {
+        self.with(move |conn| events::after_tx(conn, after, limit))
+    }
+
+    fn event_snapshot(&self, now: UnixTime) -> StoreFuture<'_, (u64, Vec<EventRow>)> {
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            let out = events::snapshot_tx(&tx, now)?;
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+    }
+
+    fn event_head(&self) -> StoreFuture<'_, u64> {
+        self.with(|conn| events::head_tx(conn))
+    }
+
+    fn purge_events(&self, before: UnixTime) -> StoreFuture<'_, u64> {
+        self.with(move |conn| events::purge_tx(conn, before))
+    }
+
+    fn event_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
     }
 }
 

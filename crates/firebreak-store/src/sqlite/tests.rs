@@ -1,5 +1,6 @@
 use super::*;
-use crate::{AuditReceipt, ReplayGuard};
+use crate::{AuditReceipt, EventKind, NewEvent, ReplayGuard};
+use serde_json::json;
 
 fn sid(s: &str) -> SessionId {
     SessionId::try_from(s).unwrap()
@@ -592,4 +593,109 @@ async fn breakglass_windows_open_close_and_end() {
             .is_none()
     );
     assert_eq!(store.breakglass_list(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn revocations_write_one_event_per_session_in_their_transaction() {
+    let (_d, store) = open();
+    let mut watch = store.event_watch();
+    assert_eq!(*watch.borrow_and_update(), 0);
+    for (id, parent) in [("r", None), ("c1", Some("r")), ("c2", Some("c1"))] {
+        store
+            .commit_exchange(exchange(id, parent, "bot", None), draft("exchange"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.event_head().await.unwrap(), 0);
+    let at = UnixTime::from_secs(1_800_000_010);
+    let ids = store.revoke_session_tree(&sid("r"), at).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(*watch.borrow_and_update(), 3);
+    let events = store.events_after(0, 100).await.unwrap();
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.seq,
+                e.data["kind"].as_str().unwrap().to_owned(),
+                e.data["id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "session".to_owned(), json!("r")),
+            (2, "session".to_owned(), json!("c1")),
+            (3, "session".to_owned(), json!("c2")),
+        ]
+    );
+    let e = &events[0];
+    assert_eq!(e.kind, EventKind::Revoke);
+    assert_eq!(e.data["seq"], json!(1));
+    assert_eq!(e.data["until"], json!(1_800_000_300));
+    assert_eq!(e.data["at"], json!(1_800_000_010));
+    // Revoking again writes nothing: nothing new was revoked.
+    assert!(
+        store
+            .revoke_session_tree(&sid("r"), at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.event_head().await.unwrap(), 3);
+    assert_eq!(store.events_after(1, 1).await.unwrap()[0].seq, 2);
+}
+
+#[tokio::test]
+async fn agent_revocation_event_covers_its_latest_token() {
+    let (_d, store) = open();
+    store
+        .commit_exchange(exchange("s1", None, "bot", None), draft("exchange"))
+        .await
+        .unwrap();
+    let at = UnixTime::from_secs(1_800_000_001);
+    store
+        .revoke_agent(&AgentId::try_from("bot").unwrap(), at)
+        .await
+        .unwrap();
+    let events = store.events_after(0, 10).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.data["kind"].clone()).collect();
+    assert_eq!(kinds, vec![json!("agent"), json!("session")]);
+    assert_eq!(events[0].data["until"], json!(1_800_000_300));
+    store
+        .revoke_agent(&AgentId::try_from("bot").unwrap(), at)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.event_head().await.unwrap(),
+        2,
+        "a second revoke adds nothing"
+    );
+}
+
+#[tokio::test]
+async fn event_snapshot_holds_unexpired_events_and_seqs_survive_purge_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fb.db");
+    let store = SqliteStore::open(&path, settings()).unwrap();
+    let t = UnixTime::from_secs(1_800_000_000);
+    let ev = |id: &str, until: UnixTime| NewEvent::revoke("jti", id, until, t);
+    let head = store
+        .append_events(vec![ev("a", t.plus_secs(10)), ev("b", t.plus_secs(100))])
+        .await
+        .unwrap();
+    assert_eq!(head, 2);
+    let (head, snap) = store.event_snapshot(t.plus_secs(50)).await.unwrap();
+    assert_eq!(head, 2);
+    assert_eq!(snap.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    // Purging the newest row must not let its seq be handed out again.
+    assert_eq!(store.purge_events(t.plus_secs(1000)).await.unwrap(), 2);
+    assert_eq!(store.event_head().await.unwrap(), 2);
+    drop(store);
+    let store = SqliteStore::open(&path, settings()).unwrap();
+    assert_eq!(*store.event_watch().borrow(), 2);
+    assert_eq!(store.append_events(vec![ev("c", t)]).await.unwrap(), 3);
+    assert_eq!(store.events_after(0, 10).await.unwrap()[0].seq, 3);
 }
