@@ -7,7 +7,8 @@ use std::str::FromStr;
 use crate::PolicyError;
 
 /// One registered agent, as the broker's config or store knows it. Becomes `Agent::"<id>"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentAttrs {
     /// The agent id (the Cedar entity id).
     pub id: String,
@@ -24,7 +25,8 @@ pub struct AgentAttrs {
 }
 
 /// One registered target (an audience). Becomes `Target::"<id>"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TargetAttrs {
     /// The target id (the Cedar entity id).
     pub id: String,
@@ -40,7 +42,8 @@ pub struct TargetAttrs {
 
 /// Everything the PDP knows by name. Tools and hosts are not listed: they are made per request
 /// from [`Resource::Tool`] and [`Resource::Host`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Inventory {
     /// Registered agents.
     pub agents: Vec<AgentAttrs>,

@@ -68,6 +68,8 @@ pub struct Broker {
     /// `/readyz` reports it.
     audit_ok: std::sync::atomic::AtomicBool,
     audit_public: firebreak_audit::AuditPublicKey,
+    /// Set at shutdown: long-lived responses (event streams) end so the server can drain.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -187,6 +189,7 @@ impl Broker {
             admin_token_sha256: sha256(admin.as_bytes()),
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             audit_public,
+            closing: tokio::sync::watch::channel(false).0,
         }))
     }
 
@@ -199,6 +202,18 @@ impl Broker {
         match self.policy.reload(&self.config) {
             Ok((old, new)) => {
                 tracing::info!(previous = old, policy_version = new, "policy set reloaded");
+                let mut data = serde_json::Map::new();
+                data.insert("version".into(), new.clone().into());
+                data.insert("at".into(), now.as_secs().into());
+                crate::events::publish(
+                    self,
+                    vec![firebreak_store::NewEvent {
+                        kind: firebreak_store::EventKind::Policy,
+                        data,
+                        until: now.plus_secs(86_400),
+                    }],
+                )
+                .await;
                 self.record_done(
                     crate::audit::Record::new("policy_reload", now)
                         .field("previous", Some(old.as_str()))
@@ -223,6 +238,16 @@ impl Broker {
                 Err(msg)
             }
         }
+    }
+
+    /// Ends every event stream (at shutdown, so a graceful drain can finish).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Changes when the broker starts shutting down.
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Notes whether the last audit write succeeded (for `/readyz`).
@@ -1250,6 +1275,8 @@ pub fn router(b: Arc<Broker>) -> Router {
         )
         .route("/access/v1/evaluation", post(crate::authzen::handler))
         .route("/v1/policy/reload", post(policy_reload))
+        .route("/v1/policy/bundle", get(crate::events::bundle))
+        .route("/v1/events", get(crate::events::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

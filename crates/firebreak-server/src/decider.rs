@@ -13,7 +13,7 @@ use firebreak_policy::{
     ReasonRef, Request, Resource, TargetAttrs,
 };
 
-use crate::config::{Agent, Config, Target, TargetKind};
+use crate::config::{Agent, Config, Target};
 
 /// What an exchange asks: may `agent` get a token for `target` with these scopes, now?
 #[derive(Debug)]
@@ -226,13 +226,7 @@ pub fn inventory(config: &Config) -> Inventory {
                 tenant: t.tenant.clone(),
                 environment: t.environment.clone(),
                 tier: t.tier.clone(),
-                kind: match t.kind {
-                    TargetKind::Http => "http",
-                    TargetKind::Mcp => "mcp",
-                    TargetKind::Egress => "egress",
-                    TargetKind::Broker => "broker",
-                }
-                .to_owned(),
+                kind: t.kind.as_str().to_owned(),
             })
             .collect(),
         approvers: config.approvers.iter().map(|a| a.id.clone()).collect(),

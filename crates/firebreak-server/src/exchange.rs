@@ -320,13 +320,18 @@ impl Broker {
         // A single-use elevation is consumed by the exchange it allowed.
         if let Some(e) = &elevation
             && e.single_use
-            && self
+        {
+            if self
                 .store
                 .use_elevation(&e.id, agent_id, parent_session, now)
                 .await?
                 .is_none()
-        {
-            return Err(BrokerError::GrantUnusable);
+            {
+                return Err(BrokerError::GrantUnusable);
+            }
+            let mut used = e.clone();
+            used.status = firebreak_store::ElevationStatus::Used;
+            crate::events::publish(self, vec![crate::grants::elevation_event(&used, now)]).await;
         }
         // Lifetime: the smallest of every bound (X07); nothing left means nothing issued.
         let limit = |ms: u64| now_s.saturating_add(i64::try_from(ms / 1000).unwrap_or(i64::MAX));

@@ -97,6 +97,68 @@ impl GrantSnapshot {
     }
 }
 
+/// The `elevation` event announcing `e`'s state (DESIGN.md §9): enforcement points keep
+/// approved ones in `context.elevations` until `until` and drop them on any other status.
+pub(crate) fn elevation_event(e: &ElevationRow, now: UnixTime) -> firebreak_store::NewEvent {
+    let until = e.expires_at.unwrap_or(now).max(now);
+    let mut data = serde_json::Map::new();
+    data.insert("id".into(), e.id.clone().into());
+    data.insert("agent".into(), e.agent.as_str().into());
+    data.insert(
+        "session".into(),
+        e.session.as_ref().map(|s| s.as_str()).into(),
+    );
+    data.insert("action".into(), e.action.clone().into());
+    data.insert("target".into(), e.target.clone().into());
+    data.insert("resource".into(), e.resource.clone().into());
+    data.insert(
+        "status".into(),
+        serde_json::to_value(e.status).unwrap_or(serde_json::Value::Null),
+    );
+    data.insert("single_use".into(), e.single_use.into());
+    data.insert("until".into(), until.as_secs().into());
+    data.insert("at".into(), now.as_secs().into());
+    firebreak_store::NewEvent {
+        kind: firebreak_store::EventKind::Elevation,
+        data,
+        until,
+    }
+}
+
+/// An `elevation` event for an id whose row is not at hand (expiry): status only.
+fn elevation_expired_event(id: &str, now: UnixTime) -> firebreak_store::NewEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("id".into(), id.into());
+    data.insert("status".into(), "expired".into());
+    data.insert("until".into(), now.as_secs().into());
+    data.insert("at".into(), now.as_secs().into());
+    firebreak_store::NewEvent {
+        kind: firebreak_store::EventKind::Elevation,
+        data,
+        // Kept a day so a gateway resuming from an old id still hears of it.
+        until: now.plus_secs(86_400),
+    }
+}
+
+/// The `breakglass` event for a window opening (`open`) or closing.
+pub(crate) fn breakglass_event(
+    w: &BreakGlassRow,
+    open: bool,
+    now: UnixTime,
+) -> firebreak_store::NewEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("id".into(), w.id.clone().into());
+    data.insert("agent".into(), w.agent.as_str().into());
+    data.insert("open".into(), open.into());
+    data.insert("until".into(), w.ends_at.as_secs().into());
+    data.insert("at".into(), now.as_secs().into());
+    firebreak_store::NewEvent {
+        kind: firebreak_store::EventKind::BreakGlass,
+        data,
+        until: w.ends_at.max(now),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP API
 // ---------------------------------------------------------------------------------------------
@@ -452,6 +514,7 @@ async fn create_elevation(
     b.store.insert_elevation(row.clone(), approval).await?;
     b.metrics.elevation(outcome, &row.reason_code);
     b.refresh_grants().await?;
+    crate::events::publish(b, vec![elevation_event(&row, now)]).await;
     b.record_done(
         Record::new("elevation", now)
             .field("action", Some("elevate"))
@@ -705,6 +768,7 @@ async fn decide(
     b.metrics
         .elevation(if approve { "approved" } else { "denied" }, &e.reason_code);
     b.refresh_grants().await?;
+    crate::events::publish(b, vec![elevation_event(&updated, now)]).await;
     b.record_done(
         Record::new("approval", now)
             .field("action", Some(if approve { "approve" } else { "deny" }))
@@ -789,6 +853,7 @@ async fn open_breakglass(
     };
     b.store.open_breakglass(row.clone()).await?;
     b.refresh_grants().await?;
+    crate::events::publish(b, vec![breakglass_event(&row, true, now)]).await;
     tracing::warn!(alert = "break_glass_opened", id = row.id, agent = %agent.id, by = row.opened_by, until = %firebreak_core::format_rfc3339_millis(row.ends_at), reason = row.reason_code, "ALERT: break-glass opened");
     b.record_done(
         Record::new("break_glass", now)
@@ -834,6 +899,7 @@ async fn close_breakglass(b: &Broker, headers: &HeaderMap, id: &str) -> Result<V
         .await?
         .ok_or(BrokerError::NotFound)?;
     b.refresh_grants().await?;
+    crate::events::publish(b, vec![breakglass_event(&row, false, now)]).await;
     tracing::warn!(alert = "break_glass_closed", id = row.id, agent = %row.agent, by, "ALERT: break-glass closed");
     b.record_done(
         Record::new("break_glass", now)
@@ -853,6 +919,7 @@ impl Broker {
         let now = self.clock.now();
         for id in self.store.expire_elevations(now).await? {
             self.metrics.elevation("expired", "-");
+            crate::events::publish(self, vec![elevation_expired_event(&id, now)]).await;
             self.record_done(
                 Record::new("elevation", now)
                     .field("elevation", Some(id.as_str()))

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod decider;
 pub mod error;
+pub mod events;
 pub mod exchange;
 pub mod form;
 pub mod grants;
@@ -51,6 +52,11 @@ pub async fn serve(
         })
     };
     let tls = broker.config().server.tls.clone();
+    let closer = Arc::clone(&broker);
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
     let app = router(broker);
     let result = match tls {
         None => {

@@ -52,6 +52,7 @@ struct Inner {
     denied: BTreeMap<&'static str, u64>,
     exchange_duration: Histogram,
     issued_ttl: Histogram,
+    event_streams: i64,
 }
 
 /// The broker's metrics.
@@ -94,6 +95,11 @@ impl Metrics {
         self.inner().approval_wait.observe(&WAIT_BUCKETS, seconds);
     }
 
+    /// An event stream opened (+1) or closed (-1).
+    pub fn event_streams(&self, delta: i64) {
+        self.inner().event_streams += delta;
+    }
+
     /// The lifetime of an issued token.
     pub fn issued_ttl(&self, seconds: f64) {
         self.inner().issued_ttl.observe(&TTL_BUCKETS, seconds);
@@ -103,6 +109,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let m = self.inner();
         let mut out = String::new();
+        out.push_str("# HELP firebreak_event_streams Open /v1/events streams.\n");
+        out.push_str("# TYPE firebreak_event_streams gauge\n");
+        let _ = writeln!(out, "firebreak_event_streams {}", m.event_streams);
         out.push_str("# HELP firebreak_exchanges_total Token exchanges by outcome and reason.\n");
         out.push_str("# TYPE firebreak_exchanges_total counter\n");
         for ((outcome, reason), n) in &m.exchanges {

@@ -491,6 +491,8 @@ impl NewEvent {
                 .into(),
         );
         data.insert("at".into(), at.as_secs().into());
+        // Milliseconds too, so an enforcement point can measure propagation lag.
+        data.insert("at_ms".into(), at.as_millis().into());
         NewEvent {
             kind: EventKind::Revoke,
             data,

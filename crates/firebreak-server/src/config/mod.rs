@@ -562,6 +562,18 @@ pub enum TargetKind {
     Broker,
 }
 
+impl TargetKind {
+    /// The config and Cedar name (`Target.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Http => "http",
+            TargetKind::Mcp => "mcp",
+            TargetKind::Egress => "egress",
+            TargetKind::Broker => "broker",
+        }
+    }
+}
+
 /// An audience tokens can be minted for.
 #[derive(Debug, Clone)]
 pub struct Target {
