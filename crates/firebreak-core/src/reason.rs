@@ -64,6 +64,22 @@ pub enum Reason {
     GrantUnusable,
     /// The caller is not an approver, or not one who may act on this.
     NotAnApprover,
+    /// A valid Firebreak token for another audience than the route's target.
+    AudienceMismatch,
+    /// The token is DPoP-bound (or the route requires DPoP) and no valid proof came with it.
+    DpopRequired,
+    /// A DPoP proof failed verification (RFC 9449).
+    InvalidDpopProof,
+    /// The MCP tool is not one the agent may call, or does not exist.
+    UnknownTool,
+    /// The request's `Origin` or `Host` is not one this enforcement point serves.
+    OriginNotAllowed,
+    /// The upstream could not be reached or did not answer in time.
+    UpstreamUnavailable,
+    /// A held call's approval was denied, or not decided within the hold.
+    ApprovalPending,
+    /// The request is not one this protocol allows (a JSON-RPC batch, a malformed message).
+    ProtocolViolation,
 }
 
 impl Reason {
@@ -99,6 +115,14 @@ impl Reason {
             Self::ApprovalRequired => "approval_required",
             Self::GrantUnusable => "elevation_expired",
             Self::NotAnApprover => "not_an_approver",
+            Self::AudienceMismatch => "audience_mismatch",
+            Self::DpopRequired => "dpop_required",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UnknownTool => "unknown_tool",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::ApprovalPending => "approval_pending",
+            Self::ProtocolViolation => "protocol_violation",
         }
     }
 }
