@@ -64,6 +64,13 @@ pub enum Reason {
     GrantUnusable,
     /// The caller is not an approver, or not one who may act on this.
     NotAnApprover,
+    /// A DPoP proof (RFC 9449) is malformed, badly signed, stale, replayed or for another
+    /// request; also the OAuth error code the token endpoint answers with (RFC 9449 §5).
+    InvalidDpopProof,
+    /// The subject token is DPoP-bound and the request carries no proof of its key.
+    DpopBindingMismatch,
+    /// The DPoP replay cache is full of live proofs; new proofs are refused until some expire.
+    DpopReplayCacheFull,
 }
 
 impl Reason {
@@ -99,6 +106,9 @@ impl Reason {
             Self::ApprovalRequired => "approval_required",
             Self::GrantUnusable => "elevation_expired",
             Self::NotAnApprover => "not_an_approver",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::DpopBindingMismatch => "dpop_binding_mismatch",
+            Self::DpopReplayCacheFull => "dpop_replay_cache_full",
         }
     }
 }
