@@ -68,8 +68,6 @@ pub enum Reason {
     AudienceMismatch,
     /// The token is DPoP-bound (or the route requires DPoP) and no valid proof came with it.
     DpopRequired,
-    /// A DPoP proof failed verification (RFC 9449).
-    InvalidDpopProof,
     /// The MCP tool is not one the agent may call, or does not exist.
     UnknownTool,
     /// The request's `Origin` or `Host` is not one this enforcement point serves.
@@ -80,6 +78,13 @@ pub enum Reason {
     ApprovalPending,
     /// The request is not one this protocol allows (a JSON-RPC batch, a malformed message).
     ProtocolViolation,
+    /// A DPoP proof (RFC 9449) is malformed, badly signed, stale, replayed or for another
+    /// request; also the OAuth error code the token endpoint answers with (RFC 9449 §5).
+    InvalidDpopProof,
+    /// The subject token is DPoP-bound and the request carries no proof of its key.
+    DpopBindingMismatch,
+    /// The DPoP replay cache is full of live proofs; new proofs are refused until some expire.
+    DpopReplayCacheFull,
 }
 
 impl Reason {
@@ -123,6 +128,8 @@ impl Reason {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::ApprovalPending => "approval_pending",
             Self::ProtocolViolation => "protocol_violation",
+            Self::DpopBindingMismatch => "dpop_binding_mismatch",
+            Self::DpopReplayCacheFull => "dpop_replay_cache_full",
         }
     }
 }

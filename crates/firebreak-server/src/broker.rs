@@ -70,6 +70,10 @@ pub struct Broker {
     audit_public: firebreak_audit::AuditPublicKey,
     /// Set at shutdown: long-lived responses (event streams) end so the server can drain.
     closing: tokio::sync::watch::Sender<bool>,
+    /// `{public_url}/oauth2/token`: the `htu` every DPoP proof sent to us must name.
+    pub(crate) token_endpoint: String,
+    /// Proof `jti`s seen by this node (RFC 9449 §11.1).
+    pub(crate) dpop_replay: crate::dpop::DpopReplay,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -176,6 +180,7 @@ impl Broker {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        let token_endpoint = format!("{}/oauth2/token", config.server.public_url);
         Ok(Arc::new(Self {
             config,
             store,
@@ -190,6 +195,8 @@ impl Broker {
             audit_ok: std::sync::atomic::AtomicBool::new(true),
             audit_public,
             closing: tokio::sync::watch::channel(false).0,
+            token_endpoint,
+            dpop_replay: crate::dpop::DpopReplay::default(),
         }))
     }
 
@@ -466,9 +473,15 @@ impl Broker {
         {
             return Ok(inactive);
         }
+        // The claims include `cnf` for a DPoP-bound token, which tells the resource server to
+        // demand a proof by that key (RFC 9449 §6.2); `token_type` says so too.
+        let bound = matches!(crate::dpop::bound_jkt(&own.claims), Ok(Some(_)));
         let mut out = own.claims.clone();
         out.insert("active".into(), Value::Bool(true));
-        out.insert("token_type".into(), Value::String("Bearer".into()));
+        out.insert(
+            "token_type".into(),
+            Value::String(if bound { "DPoP" } else { "Bearer" }.into()),
+        );
         Ok(Value::Object(out))
     }
 
@@ -676,6 +689,8 @@ async fn discovery(State(b): State<Arc<Broker>>) -> Response {
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [b.config.server.signing_alg.as_str()],
+        // RFC 9449 §5.1: the token endpoint takes proofs signed with these.
+        "dpop_signing_alg_values_supported": crate::dpop::DPOP_ALGORITHMS.map(|a| a.as_str()),
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

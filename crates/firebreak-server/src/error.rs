@@ -49,6 +49,10 @@ pub enum SubjectError {
     /// The store could not say whether the token is revoked: fail closed (503).
     #[error("store unavailable")]
     StoreUnavailable,
+    /// The token is DPoP-bound (`cnf.jkt`) and the request proves possession of no key, or of
+    /// another one (RFC 9449 §6: a bound token is useless without its key).
+    #[error("DPoP-bound token without a proof of its key")]
+    DpopBindingMismatch,
 }
 
 impl SubjectError {
@@ -65,6 +69,7 @@ impl SubjectError {
             Self::Revoked => Reason::Revoked,
             Self::KeysUnavailable => Reason::IssuerKeysUnavailable,
             Self::StoreUnavailable => Reason::StoreUnavailable,
+            Self::DpopBindingMismatch => Reason::DpopBindingMismatch,
         }
     }
 }
@@ -78,6 +83,10 @@ pub fn token_reason(e: &TokenError) -> Reason {
         T::TokenExpired | T::NotYetValid | T::IssuedInFuture | T::TooOld => Reason::TokenExpired,
         T::IssuerKeysUnavailable => Reason::IssuerKeysUnavailable,
         T::WrongTokenType => Reason::TokenTypeMismatch,
+        T::DpopKeyMissing | T::DpopBadJti | T::DpopClaimMismatch { .. } | T::DpopReplayed => {
+            Reason::InvalidDpopProof
+        }
+        T::DpopReplayCacheFull => Reason::DpopReplayCacheFull,
         T::Malformed
         | T::JweNotSupported
         | T::JsonSerializationNotSupported
@@ -158,6 +167,13 @@ pub enum BrokerError {
     /// The subject token was already used.
     #[error("subject token replayed")]
     Replay,
+    /// The `DPoP` header is repeated, or its proof was refused (RFC 9449 §4.3), or replayed.
+    #[error("DPoP proof: {0}")]
+    DpopProof(TokenError),
+    /// The DPoP replay cache is full of live proofs: no proof can be checked for replay, so none
+    /// is accepted (fail closed) until some expire.
+    #[error("DPoP replay cache full")]
+    DpopCacheFull,
     /// The audience/resource is not exactly one registered target.
     #[error("target not registered")]
     TargetNotRegistered,
@@ -225,6 +241,10 @@ impl BrokerError {
             E::Subject(s) | E::Actor(s) => s.reason(),
             E::Delegation => Reason::DelegationNotAllowed,
             E::Replay => Reason::Replay,
+            // Whatever was wrong with the proof, the peer learns only that it was (the log has
+            // the cause); a client's fix is the same: a fresh, correct proof.
+            E::DpopProof(_) => Reason::InvalidDpopProof,
+            E::DpopCacheFull => Reason::DpopReplayCacheFull,
             E::TargetNotRegistered => Reason::AudienceNotRegistered,
             E::CrossEnvironment => Reason::CrossEnvironment,
             E::Scope(r) => *r,
@@ -263,6 +283,9 @@ impl BrokerError {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             E::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            // RFC 9449 §5: the token endpoint's error for a missing-but-required, invalid or
+            // unacceptable proof.
+            E::DpopProof(_) => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
             // RFC 8693 §2.2.2: a subject/actor token that is invalid or unacceptable.
             E::Subject(_) | E::Actor(_) | E::Delegation | E::Replay | E::NoLifetime => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
@@ -292,7 +315,7 @@ impl BrokerError {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             // Our outage, not the caller's mistake (RFC 6749 §4.1.2.1's code).
-            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) => {
+            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) | E::DpopCacheFull => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
         }
@@ -311,7 +334,7 @@ impl BrokerError {
             E::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) => {
+            E::Store(_) | E::Signing(_) | E::AuditUnavailable(_) | E::DpopCacheFull => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             E::BadRequest(_)
@@ -325,6 +348,7 @@ impl BrokerError {
             | E::Actor(_)
             | E::Delegation
             | E::Replay
+            | E::DpopProof(_)
             | E::TargetNotRegistered
             | E::CrossEnvironment
             | E::GrantUnusable
@@ -393,7 +417,10 @@ impl IntoResponse for OAuthError {
         }
         if matches!(
             self.0,
-            BrokerError::Store(_) | BrokerError::Signing(_) | BrokerError::AuditUnavailable(_)
+            BrokerError::Store(_)
+                | BrokerError::Signing(_)
+                | BrokerError::AuditUnavailable(_)
+                | BrokerError::DpopCacheFull
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -107,7 +107,7 @@ pub struct TokenResponse {
     pub access_token: String,
     /// Always the access-token URN.
     pub issued_token_type: &'static str,
-    /// `Bearer`.
+    /// `Bearer`, or `DPoP` when the token is bound to the request's proof key (RFC 9449 §5).
     pub token_type: &'static str,
     /// Seconds until `exp`.
     pub expires_in: i64,
@@ -133,6 +133,8 @@ pub struct ExchangeTrace {
     pub jti: Option<String>,
     /// The session opened.
     pub session: Option<String>,
+    /// The thumbprint of the request's verified DPoP proof key (never the proof).
+    pub dpop_jkt: Option<String>,
 }
 
 impl Broker {
@@ -178,7 +180,8 @@ impl Broker {
             .field("target", trace.target.clone())
             .field("request_id", Some(trace.request_id.clone()))
             .field("elevation", trace.elevation.clone())
-            .field("break_glass", trace.break_glass.clone());
+            .field("break_glass", trace.break_glass.clone())
+            .field("dpop_jkt", trace.dpop_jkt.clone());
         let record = match e {
             // A policy decision: its own reasons and version (and what it asked for).
             BrokerError::Denied(d) => record.decision(
@@ -211,6 +214,10 @@ impl Broker {
         let (req, form) = TokenRequest::parse(body)?;
         // Client authentication is optional in RFC 8693, but presented credentials must hold.
         self.client(headers, &form)?;
+        // DPoP (RFC 9449 §5): a proof, if any, is verified before the subject token, so a bad
+        // one costs no key fetch. Its replay check waits until the request is otherwise allowed.
+        let dpop = self.dpop_proof(headers)?;
+        trace.dpop_jkt = dpop.as_ref().map(|p| p.jkt.clone());
         // One snapshot of the key ring for the whole request: the key that verifies a parent
         // token and the key that signs are from the same moment, whatever a rotation does.
         let keys = self.keys();
@@ -221,13 +228,26 @@ impl Broker {
             .await
             .map_err(BrokerError::subject)?;
         trace.agent = Some(subject.agent.id.to_string());
+        // A DPoP-bound parent is exchanged only with a proof by its key that names it (`ath`);
+        // the child is then bound to the same key (below: `cnf` is the proof's `jkt`).
+        if let Some(p) = &subject.parent {
+            Self::dpop_binding(
+                &p.claims,
+                dpop.as_ref(),
+                Some(&req.subject_token),
+                BrokerError::subject,
+            )?;
+        }
         // Delegation: the actor must be one the subject names in `may_act`.
         let act = match &req.actor {
             None => subject
                 .parent
                 .as_ref()
                 .and_then(|p| p.claims.get("act").cloned()),
-            Some((token, ty)) => Some(self.delegation(&subject, token, *ty, &keys).await?),
+            Some((token, ty)) => Some(
+                self.delegation(&subject, token, *ty, &keys, dpop.as_ref())
+                    .await?,
+            ),
         };
         // Target: exactly one registered target, in the agent's tenant and environment.
         let target = self.resolve_target(&req.targets)?;
@@ -298,6 +318,7 @@ impl Broker {
                 .clone()
                 .unwrap_or_else(|| subject.agent.purpose.clone()),
             time: now_s,
+            dpop_bound: dpop.is_some(),
             session: parent.map(|p| SessionCtx {
                 id: p.session.to_string(),
                 depth: i64::from(parent_depth.unwrap_or_default()),
@@ -317,6 +338,12 @@ impl Broker {
             Decision::Allow(p) => p,
             Decision::Deny(d) => return Err(BrokerError::Denied(Box::new(d))),
         };
+        // The proof is spent only by a request that was allowed, so nobody but an authorised
+        // agent can fill the replay cache (which then refuses, never evicts). Before a single-use
+        // elevation is consumed: a replayed proof must not use it up.
+        if let Some(p) = &dpop {
+            self.dpop_seen(p)?;
+        }
         // A single-use elevation is consumed by the exchange it allowed.
         if let Some(e) = &elevation
             && e.single_use
@@ -392,6 +419,12 @@ impl Broker {
             if let Some(a) = &act {
                 obj.insert("act".into(), a.clone());
             }
+            // RFC 9449 §6.1: the token is bound to the proof key. INVARIANT (bound-stays-bound):
+            // for a bound parent, `dpop_binding` above let the request through only with a proof
+            // by the parent's key, so a child of a bound token is bound to the same `jkt`.
+            if let Some(p) = &dpop {
+                obj.insert("cnf".into(), json!({ "jkt": p.jkt }));
+            }
         }
         let exchange = NewExchange {
             replay: subject.replay.clone(),
@@ -435,6 +468,8 @@ impl Broker {
             .field("act", act.clone())
             .field("request_id", Some(trace.request_id.as_str()))
             .field("elevation", elevation.as_ref().map(|e| e.id.as_str()))
+            // The key the token is bound to; never the proof itself.
+            .field("dpop_jkt", dpop.as_ref().map(|p| p.jkt.as_str()))
             // Every decision under break-glass names the window and who opened it.
             .field(
                 "break_glass",
@@ -484,7 +519,7 @@ impl Broker {
         Ok(TokenResponse {
             access_token,
             issued_token_type: TOKEN_TYPE_ACCESS,
-            token_type: "Bearer",
+            token_type: if dpop.is_some() { "DPoP" } else { "Bearer" },
             expires_in: exp.saturating_sub(now_s),
             scope,
         })
@@ -524,12 +559,19 @@ impl Broker {
         token: &str,
         ty: TokenType,
         keys: &crate::keys::KeyRing,
+        dpop: Option<&firebreak_token::DpopProof>,
     ) -> Result<Value, BrokerError> {
         let actor = self
             .verifier
             .subject(token, ty, keys)
             .await
             .map_err(BrokerError::actor)?;
+        // A DPoP-bound actor token needs a proof by its key too. One request has one proof and
+        // `ath` names one token (the subject's, when that is bound), so the actor's is not
+        // checked for `ath`; a subject and actor bound to different keys cannot be exchanged.
+        if let Some(p) = &actor.parent {
+            Self::dpop_binding(&p.claims, dpop, None, BrokerError::actor)?;
+        }
         // RFC 8693 §4.4: `may_act` names who may act for the subject; without it, nobody.
         let may = subject
             .claims

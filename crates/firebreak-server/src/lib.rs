@@ -11,6 +11,7 @@ pub mod authzen;
 pub mod broker;
 pub mod config;
 pub mod decider;
+pub mod dpop;
 pub mod error;
 pub mod events;
 pub mod exchange;

@@ -1052,3 +1052,379 @@ async fn x08_cross_tenant_exchange_and_introspection_refused() {
         "acme"
     );
 }
+
+// --- DPoP (RFC 9449) at the token endpoint: SECURITY-TESTS.md G12's token-endpoint part ------
+
+/// A DPoP proof for `h`'s token endpoint by `key`; `edit` changes header and claims first.
+fn dpop_proof(
+    h: &Harness,
+    key: &firebreak_token::SigningKey,
+    edit: impl FnOnce(&mut Value, &mut Value),
+) -> String {
+    let mut header =
+        json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": key.public_key().to_jwk()});
+    let mut claims = json!({
+        "jti": firebreak_token::random_b64url(16),
+        "htm": "POST",
+        "htu": format!("{}/oauth2/token", h.url),
+        "iat": h.now().as_secs(),
+    });
+    edit(&mut header, &mut claims);
+    key.sign_raw(&header, &serde_json::to_vec(&claims).unwrap())
+        .unwrap()
+}
+
+fn dpop_key(alg: firebreak_token::Algorithm) -> firebreak_token::SigningKey {
+    firebreak_token::SigningKey::generate(alg).unwrap()
+}
+
+/// An exchange carrying one `DPoP` header per element of `proofs`.
+async fn exchange_dpop(
+    h: &Harness,
+    subject: &str,
+    ty: &str,
+    proofs: &[&str],
+) -> firebreak_testkit::Reply {
+    let body = encode_pairs([
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", ty),
+        ("audience", TOOLS),
+        ("scope", "read"),
+    ]);
+    let headers: Vec<(&str, &str)> = proofs.iter().map(|p| ("DPoP", *p)).collect();
+    h.http
+        .post_form(&format!("{}/oauth2/token", h.url), &headers, &body)
+        .await
+}
+
+async fn audit_records(h: &Harness) -> (String, Vec<Value>) {
+    let admin = format!("Bearer {}", h.admin);
+    let export = h
+        .http
+        .get(
+            &format!("{}/v1/audit/export", h.url),
+            &[("authorization", &admin)],
+        )
+        .await;
+    let text = String::from_utf8_lossy(&export.body).into_owned();
+    let recs = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (text, recs)
+}
+
+/// A valid proof binds the issued token to its key (`cnf.jkt`, `token_type: DPoP`), and the audit
+/// record names the thumbprint but never holds the proof. Without a proof: Bearer, no `cnf`.
+#[tokio::test]
+async fn dpop_bound_token_issued_with_cnf_jkt() {
+    let h = Harness::start().await;
+    let mut proofs = Vec::new();
+    for alg in [
+        firebreak_token::Algorithm::Es256,
+        firebreak_token::Algorithm::EdDsa,
+    ] {
+        let key = dpop_key(alg);
+        let proof = dpop_proof(&h, &key, |_, _| {});
+        let r = exchange_dpop(&h, &h.subject(), JWT, &[&proof]).await;
+        assert_eq!(r.status, 200, "{alg}: {}", r.json());
+        let v = r.json();
+        assert_eq!(v["token_type"], "DPoP");
+        let c = claims_of(v["access_token"].as_str().unwrap());
+        assert_eq!(c["cnf"], json!({"jkt": key.public_key().thumbprint()}));
+        proofs.push((proof, key.public_key().thumbprint()));
+    }
+    // The positive twin: no proof, a bearer token.
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["token_type"], "Bearer");
+    assert!(
+        claims_of(r.json()["access_token"].as_str().unwrap())
+            .get("cnf")
+            .is_none()
+    );
+    let (text, recs) = audit_records(&h).await;
+    for (proof, jkt) in &proofs {
+        assert!(
+            recs.iter().any(|r| r["kind"] == "exchange"
+                && r["decision"] == "allow"
+                && r["dpop_jkt"] == jkt.as_str()),
+            "the exchange record names the key"
+        );
+        for part in proof.split('.') {
+            assert!(!text.contains(part), "no part of a proof in the audit log");
+        }
+    }
+    assert_eq!(
+        recs.iter().filter(|r| r.get("dpop_jkt").is_some()).count(),
+        2,
+        "only bound exchanges carry dpop_jkt"
+    );
+}
+
+/// SECURITY-TESTS.md G12 (token endpoint): every defect of the proof itself answers 400
+/// `invalid_dpop_proof`, before the subject token is looked at; the untouched proof passes.
+#[tokio::test]
+async fn g12_bad_dpop_proofs_refused_at_token_endpoint() {
+    let h = Harness::start().await;
+    let key = dpop_key(firebreak_token::Algorithm::Es256);
+    let other = dpop_key(firebreak_token::Algorithm::Es256);
+    let now = h.now().as_secs();
+    let url = h.url.clone();
+    type Edit = Box<dyn FnOnce(&mut Value, &mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("wrong htm", Box::new(|_, c| c["htm"] = json!("GET"))),
+        (
+            "wrong htu path",
+            Box::new(move |_, c| c["htu"] = json!(format!("{url}/oauth2/introspect"))),
+        ),
+        (
+            "wrong htu host",
+            Box::new(|_, c| c["htu"] = json!("https://evil.example/oauth2/token")),
+        ),
+        // Window: 60 s max age plus the 60 s leeway.
+        (
+            "stale iat",
+            Box::new(move |_, c| c["iat"] = json!(now - 121)),
+        ),
+        (
+            "future iat",
+            Box::new(move |_, c| c["iat"] = json!(now + 61)),
+        ),
+        (
+            "missing jti",
+            Box::new(|_, c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+        ),
+        (
+            "missing jwk",
+            Box::new(|hd, _| {
+                hd.as_object_mut().unwrap().remove("jwk");
+            }),
+        ),
+        (
+            "private key in jwk",
+            Box::new(|hd, _| hd["jwk"]["d"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")),
+        ),
+        (
+            "oct jwk",
+            Box::new(|hd, _| hd["jwk"] = json!({"kty": "oct", "k": "c2VjcmV0"})),
+        ),
+        ("typ jwt", Box::new(|hd, _| hd["typ"] = json!("JWT"))),
+        ("typ at+jwt", Box::new(|hd, _| hd["typ"] = json!("at+jwt"))),
+        ("alg none", Box::new(|hd, _| hd["alg"] = json!("none"))),
+        (
+            "jku",
+            Box::new(|hd, _| hd["jku"] = json!("http://169.254.169.254/")),
+        ),
+    ];
+    for (name, edit) in cases {
+        let proof = dpop_proof(&h, &key, edit);
+        let r = exchange_dpop(&h, &h.subject(), JWT, &[&proof]).await;
+        assert_eq!(r.json()["error"], "invalid_dpop_proof", "{name}");
+        assert_oauth(&r, 400, "invalid_dpop_proof", "invalid_dpop_proof");
+    }
+    // Bad signature: signed by another key than the one in the header.
+    let jwk = key.public_key().to_jwk();
+    let forged = dpop_proof(&h, &other, |hd, _| hd["jwk"] = jwk);
+    assert_oauth(
+        &exchange_dpop(&h, &h.subject(), JWT, &[&forged]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    // Not a JWS at all.
+    assert_oauth(
+        &exchange_dpop(&h, &h.subject(), JWT, &["not-a-proof"]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    // Two DPoP headers, each valid on its own.
+    let a = dpop_proof(&h, &key, |_, _| {});
+    let b = dpop_proof(&h, &key, |_, _| {});
+    assert_oauth(
+        &exchange_dpop(&h, &h.subject(), JWT, &[&a, &b]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    // Replay: the same proof (same key and jti) a second time, even with a fresh subject token.
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[&a]).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_oauth(
+        &exchange_dpop(&h, &h.subject(), JWT, &[&a]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    // Positive twins: a fresh proof by the same key, one at the edge of the window, and one
+    // naming the endpoint with a default-port spelling.
+    assert_eq!(
+        exchange_dpop(&h, &h.subject(), JWT, &[&b]).await.status,
+        200
+    );
+    let edge = dpop_proof(&h, &key, move |_, c| c["iat"] = json!(now - 120));
+    assert_eq!(
+        exchange_dpop(&h, &h.subject(), JWT, &[&edge]).await.status,
+        200
+    );
+    let upper = h.url.replace("http://", "HTTP://");
+    let spelled = dpop_proof(&h, &key, move |_, c| {
+        c["htu"] = json!(format!("{upper}/oauth2/token?x=1"))
+    });
+    assert_eq!(
+        exchange_dpop(&h, &h.subject(), JWT, &[&spelled])
+            .await
+            .status,
+        200
+    );
+}
+
+/// A DPoP-bound token is exchanged for a child only with a proof by its key that names it in
+/// `ath`; the child stays bound to that key. A bearer parent needs no proof (twin).
+#[tokio::test]
+async fn dpop_child_exchange_of_bound_token_needs_its_key() {
+    let h = Harness::start().await;
+    let key = dpop_key(firebreak_token::Algorithm::EdDsa);
+    let wrong_key = dpop_key(firebreak_token::Algorithm::EdDsa);
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[&dpop_proof(&h, &key, |_, _| {})]).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let parent = r.json()["access_token"].as_str().unwrap().to_owned();
+    let ath = firebreak_token::sha256_b64url(parent.as_bytes());
+    // No proof at all: the bound token is useless alone.
+    assert_oauth(
+        &exchange_dpop(&h, &parent, ACCESS, &[]).await,
+        400,
+        "invalid_request",
+        "dpop_binding_mismatch",
+    );
+    // A valid proof by another key, even one naming this token.
+    let a = ath.clone();
+    let other = dpop_proof(&h, &wrong_key, move |_, c| c["ath"] = json!(a));
+    assert_oauth(
+        &exchange_dpop(&h, &parent, ACCESS, &[&other]).await,
+        400,
+        "invalid_request",
+        "dpop_binding_mismatch",
+    );
+    // The right key, but no `ath`, or the `ath` of another token.
+    let no_ath = dpop_proof(&h, &key, |_, _| {});
+    assert_oauth(
+        &exchange_dpop(&h, &parent, ACCESS, &[&no_ath]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    let wrong_ath = dpop_proof(&h, &key, |_, c| {
+        c["ath"] = json!(firebreak_token::sha256_b64url(b"another token"))
+    });
+    assert_oauth(
+        &exchange_dpop(&h, &parent, ACCESS, &[&wrong_ath]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+    // The right key naming this token: allowed, and the child is bound to the same key.
+    let a = ath.clone();
+    let right = dpop_proof(&h, &key, move |_, c| c["ath"] = json!(a));
+    let r = exchange_dpop(&h, &parent, ACCESS, &[&right]).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["token_type"], "DPoP");
+    let child = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        claims_of(&child)["cnf"],
+        json!({"jkt": key.public_key().thumbprint()})
+    );
+    // A grandchild exchange with the child still needs the key, with the child's `ath`.
+    assert_oauth(
+        &exchange_dpop(&h, &child, ACCESS, &[]).await,
+        400,
+        "invalid_request",
+        "dpop_binding_mismatch",
+    );
+    let child_ath = firebreak_token::sha256_b64url(child.as_bytes());
+    let p = dpop_proof(&h, &key, move |_, c| c["ath"] = json!(child_ath));
+    assert_eq!(exchange_dpop(&h, &child, ACCESS, &[&p]).await.status, 200);
+    // Twin: a bearer parent is exchanged without a proof, as before.
+    let bearer = h.tool_token(Some("read")).await;
+    let r = exchange_dpop(&h, &bearer, ACCESS, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["token_type"], "Bearer");
+}
+
+/// Introspection returns `cnf` for a bound token, and `token_type: DPoP` (RFC 9449 §6.2); a
+/// bearer token has neither.
+#[tokio::test]
+async fn dpop_introspection_shows_cnf() {
+    let h = Harness::start().await;
+    let key = dpop_key(firebreak_token::Algorithm::Es256);
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[&dpop_proof(&h, &key, |_, _| {})]).await;
+    let bound = r.json()["access_token"].as_str().unwrap().to_owned();
+    let v = h.introspect(&bound, "rs-tools", CLIENT_SECRET).await.json();
+    assert_eq!(v["active"], true);
+    assert_eq!(v["cnf"], json!({"jkt": key.public_key().thumbprint()}));
+    assert_eq!(v["token_type"], "DPoP");
+    let bearer = h.tool_token(Some("read")).await;
+    let v = h
+        .introspect(&bearer, "rs-tools", CLIENT_SECRET)
+        .await
+        .json();
+    assert_eq!(v["active"], true);
+    assert!(v.get("cnf").is_none());
+    assert_eq!(v["token_type"], "Bearer");
+}
+
+/// Both discovery documents advertise the proof algorithms the token endpoint accepts.
+#[tokio::test]
+async fn dpop_discovery_advertises_signing_algs() {
+    let h = Harness::start().await;
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let v = h.http.get(&format!("{}{path}", h.url), &[]).await.json();
+        assert_eq!(
+            v["dpop_signing_alg_values_supported"],
+            json!(["ES256", "EdDSA"]),
+            "{path}"
+        );
+    }
+    // And only those: an RS256 proof is refused although RS256 is a JOSE algorithm we know.
+    let key = dpop_key(firebreak_token::Algorithm::Es256);
+    let p = dpop_proof(&h, &key, |hd, _| hd["alg"] = json!("RS256"));
+    assert_oauth(
+        &exchange_dpop(&h, &h.subject(), JWT, &[&p]).await,
+        400,
+        "invalid_dpop_proof",
+        "invalid_dpop_proof",
+    );
+}
+
+/// `context.dpop_bound` is true for the exchange decision exactly when a valid proof came with
+/// it: a policy that forbids unbound tokens for `tools` lets only the DPoP exchange through.
+#[tokio::test]
+async fn dpop_bound_reaches_the_policy_context() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("dpop.cedar"),
+        r#"@id("tools-need-dpop")
+forbid(principal, action == Action::"exchange", resource == Target::"tools")
+unless { context.dpop_bound };
+"#,
+    )
+    .unwrap();
+    let extra = format!("\n[policy]\ndir = \"{}\"\n", pdir.display());
+    let h = Harness::start_with(&extra, Some(dir), None).await;
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.json());
+    assert_eq!(r.json()["error"], "invalid_target");
+    let key = dpop_key(firebreak_token::Algorithm::EdDsa);
+    let r = exchange_dpop(&h, &h.subject(), JWT, &[&dpop_proof(&h, &key, |_, _| {})]).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["token_type"], "DPoP");
+}

@@ -60,7 +60,7 @@ pub struct StandardClaims {
 /// 9999-12-31T23:59:59Z: no real token expires later, and it keeps sums far from overflow.
 const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
-fn numeric_date(
+pub(crate) fn numeric_date(
     claims: &Map<String, Value>,
     claim: &'static str,
 ) -> Result<Option<i64>, TokenError> {

@@ -234,6 +234,27 @@ pub enum TokenError {
     #[error("the token type does not match")]
     WrongTokenType,
 
+    // --- DPoP proofs (RFC 9449) ---------------------------------------------------------------
+    /// A DPoP proof has no `jwk` header (it must carry the key it is bound to).
+    #[error("the DPoP proof has no jwk header")]
+    DpopKeyMissing,
+    /// A DPoP proof's `jti` is empty, too long or holds control characters.
+    #[error("the DPoP proof's jti is not acceptable")]
+    DpopBadJti,
+    /// A DPoP proof claim (`htm`, `htu`, `ath`, `nonce`) does not match the request.
+    #[error("the DPoP proof's {claim} does not match the request")]
+    DpopClaimMismatch {
+        /// The claim's name.
+        claim: &'static str,
+    },
+    /// A DPoP proof with this key and `jti` was already accepted within its window.
+    #[error("the DPoP proof was already used")]
+    DpopReplayed,
+    /// The replay cache is full of live entries; new proofs are refused rather than letting an
+    /// eviction reopen a replay window.
+    #[error("the DPoP replay cache is full")]
+    DpopReplayCacheFull,
+
     // --- signing and key sources -----------------------------------------------------------
     /// Signing with this algorithm is not supported (Firebreak signs with EdDSA or ES256).
     #[error("signing with this algorithm is not supported")]

@@ -367,7 +367,7 @@ impl PublicKey {
             .map_err(|_| TokenError::BadSignature)
     }
 
-    /// The required public members (RFC 7638 §3.2), in lexicographic order.
+    /// The required public members (RFC 7638 §3.2).
     fn required_members(&self) -> Value {
         match &*self.material {
             Material::Rsa { n, e } => {
@@ -391,11 +391,35 @@ impl PublicKey {
         jwk
     }
 
-    /// The RFC 7638 JWK thumbprint: base64url SHA-256 of the required members serialised with no
-    /// whitespace in lexicographic order (serde_json's default map is sorted, and these values
-    /// need no escaping).
+    /// The RFC 7638 JWK thumbprint: base64url SHA-256 of the required members only (§3.2), in
+    /// lexicographic order, with no whitespace (§3.3). This is what DPoP binds a token to
+    /// (`cnf.jkt`, RFC 9449 §6.1), so it must match every other implementation byte for byte.
     pub fn thumbprint(&self) -> String {
-        sha256_b64url(self.required_members().to_string().as_bytes())
+        sha256_b64url(self.thumbprint_input().as_bytes())
+    }
+
+    /// The thumbprint's hash input, written out rather than left to `serde_json`: whether its
+    /// maps are sorted depends on the `preserve_order` feature, which another crate in the build
+    /// (Cedar) turns on. The values are base64url and fixed names, so nothing needs escaping.
+    fn thumbprint_input(&self) -> String {
+        match &*self.material {
+            Material::Rsa { n, e } => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                b64::encode(e),
+                b64::encode(n)
+            ),
+            Material::P256 { x, y } => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                b64::encode(x),
+                b64::encode(y)
+            ),
+            Material::Ed25519 { x } => {
+                format!(
+                    r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+                    b64::encode(x)
+                )
+            }
+        }
     }
 }
 

@@ -53,6 +53,20 @@ pub(crate) struct CompactJws {
     /// `BASE64URL(header) || '.' || BASE64URL(payload)`: the bytes the signature covers.
     pub(crate) signing_input: Vec<u8>,
     pub(crate) signature: Vec<u8>,
+    /// The `jwk` header member; only ever `Some` when parsed in [`HeaderMode::DpopProof`].
+    pub(crate) embedded_jwk: Option<Value>,
+}
+
+/// Which header rules apply. There is deliberately no public way to choose the DPoP mode: only
+/// [`crate::verify_dpop_proof`] parses with it, so an access or ID token carrying `jwk` is
+/// refused by every other path (T04).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderMode {
+    /// Subject, access and ID tokens: every key member (`jwk`, `jku`, `x5u`, `x5c`) is refused.
+    Token,
+    /// RFC 9449 proofs: `jwk` is required (the proof is verified with it, and the caller binds
+    /// the result to its thumbprint); `jku`, `x5u` and `x5c` are still refused.
+    DpopProof,
 }
 
 /// Header members that carry or point to a key. A subject or access token carrying one is refused
@@ -81,7 +95,9 @@ pub(crate) fn kid_is_acceptable(kid: &str) -> bool {
     (1..=256).contains(&kid.len()) && kid.bytes().all(|b| (0x20..=0x7E).contains(&b))
 }
 
-fn parse_header(map: &Map<String, Value>) -> Result<(Header, Algorithm), TokenError> {
+type ParsedHeader = (Header, Algorithm, Option<Value>);
+
+fn parse_header(map: &Map<String, Value>, mode: HeaderMode) -> Result<ParsedHeader, TokenError> {
     // The algorithm first: `none` (any case), HS*, PS* and unknown names end here, before any
     // other member is looked at and long before a key is.
     let alg = match map.get("alg") {
@@ -90,9 +106,31 @@ fn parse_header(map: &Map<String, Value>) -> Result<(Header, Algorithm), TokenEr
         Some(_) => return Err(TokenError::HeaderMemberType { member: "alg" }),
     };
     let algorithm: Algorithm = alg.parse()?;
-    if KEY_MEMBERS.iter().any(|m| map.contains_key(*m)) {
-        return Err(TokenError::EmbeddedKeyRefused);
-    }
+    let embedded_jwk = match mode {
+        HeaderMode::Token => {
+            // INVARIANT (no-embedded-keys): a token never names its own verifier. Only the
+            // DPoP mode below, which `UnverifiedJwt::parse` cannot select, lets `jwk` through.
+            if KEY_MEMBERS.iter().any(|m| map.contains_key(*m)) {
+                return Err(TokenError::EmbeddedKeyRefused);
+            }
+            None
+        }
+        HeaderMode::DpopProof => {
+            // A key *location* is still an SSRF and a second key source; only the inline key
+            // that the proof is bound to is allowed.
+            if KEY_MEMBERS
+                .iter()
+                .any(|m| *m != "jwk" && map.contains_key(*m))
+            {
+                return Err(TokenError::EmbeddedKeyRefused);
+            }
+            match map.get("jwk") {
+                None => return Err(TokenError::DpopKeyMissing),
+                Some(v @ Value::Object(_)) => Some(v.clone()),
+                Some(_) => return Err(TokenError::HeaderMemberType { member: "jwk" }),
+            }
+        }
+    };
     // We implement no JWS extension, so any `crit` (even `[]`, which RFC 7515 forbids) is refused.
     if map.contains_key("crit") {
         return Err(TokenError::UnsupportedCritical);
@@ -116,11 +154,21 @@ fn parse_header(map: &Map<String, Value>) -> Result<(Header, Algorithm), TokenEr
         Some(Value::String(s)) if kid_is_acceptable(s) => Some(s.clone()),
         Some(_) => return Err(TokenError::BadKid),
     };
-    Ok((Header { alg, typ, kid, cty }, algorithm))
+    Ok((Header { alg, typ, kid, cty }, algorithm, embedded_jwk))
 }
 
 impl CompactJws {
+    /// The token-mode parse, for the tests that reach below `UnverifiedJwt` (Wycheproof JWS).
+    #[cfg(test)]
     pub(crate) fn parse(token: &str, limits: &Limits) -> Result<Self, TokenError> {
+        Self::parse_with(token, limits, HeaderMode::Token)
+    }
+
+    pub(crate) fn parse_with(
+        token: &str,
+        limits: &Limits,
+        mode: HeaderMode,
+    ) -> Result<Self, TokenError> {
         // Size first, before a single byte is decoded.
         if token.len() > limits.max_token_bytes {
             return Err(TokenError::TokenTooLarge);
@@ -145,7 +193,7 @@ impl CompactJws {
         }
         let header_bytes = b64::decode(h).ok_or(TokenError::BadBase64(Segment::Header))?;
         let header_map = json::parse_object(&header_bytes, limits.max_json_depth, Segment::Header)?;
-        let (header, alg) = parse_header(&header_map)?;
+        let (header, alg, embedded_jwk) = parse_header(&header_map, mode)?;
         let payload = b64::decode(p).ok_or(TokenError::BadBase64(Segment::Payload))?;
         // An empty signature decodes to no bytes and fails verification by length.
         let signature = b64::decode(s).ok_or(TokenError::BadBase64(Segment::Signature))?;
@@ -160,6 +208,7 @@ impl CompactJws {
             payload,
             signing_input,
             signature,
+            embedded_jwk,
         })
     }
 
@@ -205,7 +254,17 @@ impl UnverifiedJwt {
     /// (`MissingAlgorithm`, `AlgorithmNotAllowed`, `EmbeddedKeyRefused`, `UnsupportedCritical`,
     /// `UnencodedPayloadRefused`, `NestedJwtRefused`, `HeaderMemberType`, `BadKid`).
     pub fn parse(token: &str, limits: &Limits) -> Result<Self, TokenError> {
-        let jws = CompactJws::parse(token, limits)?;
+        Self::parse_with(token, limits, HeaderMode::Token)
+    }
+
+    /// The one entry point that accepts a `jwk` header (and requires it): DPoP proofs only,
+    /// reached through [`crate::verify_dpop_proof`]. Crate-private on purpose.
+    pub(crate) fn parse_dpop(token: &str, limits: &Limits) -> Result<Self, TokenError> {
+        Self::parse_with(token, limits, HeaderMode::DpopProof)
+    }
+
+    fn parse_with(token: &str, limits: &Limits, mode: HeaderMode) -> Result<Self, TokenError> {
+        let jws = CompactJws::parse_with(token, limits, mode)?;
         // A JWT's payload is a JSON object, so an empty payload segment (the only way to decode to
         // no bytes) is structural garbage rather than bad JSON.
         if jws.payload.is_empty() {
@@ -218,6 +277,11 @@ impl UnverifiedJwt {
     /// The parsed protected header.
     pub fn header(&self) -> &Header {
         &self.jws.header
+    }
+
+    /// The embedded `jwk` header member (DPoP proofs only; `None` for every other token).
+    pub(crate) fn embedded_jwk(&self) -> Option<&Value> {
+        self.jws.embedded_jwk.as_ref()
     }
 
     /// The payload's members, unverified.

@@ -7,20 +7,30 @@
 //! allow-list, no embedded keys, no `crit`), then the signature with the *key's* algorithm, and only
 //! then the claims. It leaves issuer configuration, replay tracking and the mapping of
 //! [`TokenError`] onto a wire response to its callers.
+//!
+//! DPoP proofs (RFC 9449) are the one exception to "no embedded keys": [`verify_dpop_proof`]
+//! parses them through a separate, crate-private header mode that requires `jwk`, and returns the
+//! key's thumbprint for the caller to bind to. [`DpopReplayCache`] remembers used proofs.
 #![forbid(unsafe_code)]
 
 mod alg;
 mod b64;
 mod claims;
+mod dpop;
 mod error;
 mod json;
 mod jwk;
 mod jwks_cache;
 mod jwt;
 mod sign;
+mod web_uri;
 
 pub use alg::Algorithm;
 pub use claims::{ClaimRules, StandardClaims, TypExpectation, validate_claims};
+pub use dpop::{
+    DPOP_TYP, DpopExpect, DpopProof, DpopReplayCache, MAX_DPOP_JTI_BYTES, normalize_htu,
+    verify_dpop_proof,
+};
 pub use error::{Segment, TokenError};
 pub use jwk::{KeySet, PublicKey};
 pub use jwks_cache::{JwksCache, JwksCacheConfig, JwksSource};

@@ -266,6 +266,8 @@ struct RawLimits {
     max_token_bytes: usize,
     #[serde(default = "d_max_act_depth")]
     max_act_depth: u32,
+    #[serde(default = "d_dpop_max_age")]
+    dpop_max_age: ConfigDuration,
 }
 
 fn d_max_ttl() -> ConfigDuration {
@@ -283,6 +285,9 @@ fn d_max_token_bytes() -> usize {
 fn d_max_act_depth() -> u32 {
     4
 }
+fn d_dpop_max_age() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
+}
 
 impl Default for RawLimits {
     fn default() -> Self {
@@ -292,6 +297,7 @@ impl Default for RawLimits {
             leeway: d_leeway(),
             max_token_bytes: d_max_token_bytes(),
             max_act_depth: d_max_act_depth(),
+            dpop_max_age: d_dpop_max_age(),
         }
     }
 }
@@ -473,6 +479,8 @@ pub struct Limits {
     pub max_token_bytes: usize,
     /// Deepest `act` chain accepted.
     pub max_act_depth: u32,
+    /// How old a DPoP proof's `iat` may be (plus `leeway`), at the token endpoint.
+    pub dpop_max_age: ConfigDuration,
 }
 
 /// A trusted issuer.
@@ -812,12 +820,18 @@ impl Config {
         if l.max_act_depth > 16 {
             return Err(c.err("limits.max_act_depth", None, "must be at most 16"));
         }
+        // A proof is a bearer credential for its window: minutes would let a captured one be
+        // replayed elsewhere long after the request it was made for.
+        if l.dpop_max_age.as_millis() < 1000 || l.dpop_max_age > ConfigDuration::from_secs(300) {
+            return Err(c.err("limits.dpop_max_age", None, "must be between 1s and 300s"));
+        }
         let limits = Limits {
             max_ttl: l.max_ttl,
             default_ttl: l.default_ttl,
             leeway: l.leeway,
             max_token_bytes: l.max_token_bytes,
             max_act_depth: l.max_act_depth,
+            dpop_max_age: l.dpop_max_age,
         };
 
         // [[issuer]]

@@ -190,6 +190,25 @@ fn t12_leeway_above_cap_refused() {
     );
 }
 
+/// The DPoP proof window (`[limits] dpop_max_age`) is bounded: 1 s to 300 s, default 60 s.
+#[test]
+fn dpop_max_age_bounded() {
+    let parse = |v: &str| {
+        Config::parse(
+            Path::new("f.toml"),
+            &format!("{BASE}\n[limits]\ndpop_max_age = \"{v}\"\n"),
+        )
+    };
+    for bad in ["301s", "10m", "0s", "500ms"] {
+        assert_eq!(parse(bad).unwrap_err().rule, "limits.dpop_max_age", "{bad}");
+    }
+    for good in ["1s", "60s", "300s"] {
+        assert!(parse(good).is_ok(), "{good}");
+    }
+    let default = Config::parse(Path::new("f.toml"), BASE).unwrap();
+    assert_eq!(default.limits.dpop_max_age.as_millis(), 60_000);
+}
+
 /// SECURITY-TESTS.md X07 (config part): a target max_ttl above the cap is refused at load.
 #[test]
 fn x07_max_ttl_above_cap_refused() {

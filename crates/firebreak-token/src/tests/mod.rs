@@ -2,6 +2,7 @@
 //! loops (T23), the JWKS cache against a loopback issuer (T07, F6) and property tests (Z1).
 
 mod cache;
+mod dpop;
 mod interop;
 mod props;
 mod security;
