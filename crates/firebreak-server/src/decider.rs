@@ -253,8 +253,15 @@ pub fn generated_policies(config: &Config) -> String {
                 .map(|s| format!("\"{s}\""))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // Cedar's strict validation refuses an empty set literal: no scopes granted means
+            // only a scope-less token.
+            let cond = if set.is_empty() {
+                "context.scope.isEmpty()".to_owned()
+            } else {
+                format!("[{set}].containsAll(context.scope)")
+            };
             out.push_str(&format!(
-                "@id(\"grant:{a}:{t}\")\npermit(principal == Agent::\"{a}\", action == Action::\"exchange\", resource == Target::\"{t}\")\nwhen {{ [{set}].containsAll(context.scope) }};\n",
+                "@id(\"grant:{a}:{t}\")\npermit(principal == Agent::\"{a}\", action == Action::\"exchange\", resource == Target::\"{t}\")\nwhen {{ {cond} }};\n",
                 a = a.id
             ));
         }
