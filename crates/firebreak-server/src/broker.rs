@@ -1273,6 +1273,7 @@ pub fn router(b: Arc<Broker>) -> Router {
             get(grants::list_elevations).post(grants::post_elevation),
         )
         .route("/v1/elevations/{id}", get(grants::get_elevation))
+        .route("/v1/elevations/{id}/use", post(grants::use_elevation))
         .route(
             "/v1/approvals",
             get(grants::list_approvals).post(grants::post_approval),

@@ -941,6 +941,58 @@ impl Broker {
     }
 }
 
+/// `POST /v1/elevations/{id}/use` (an enforcement point, or admin): consumes a single-use
+/// elevation for the held action it was approved for, just before that action proceeds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UseBody {
+    agent: String,
+    session: Option<String>,
+}
+
+async fn use_elevation(
+    b: &Broker,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+) -> Result<Value, BrokerError> {
+    let caller = b.caller(headers).await?;
+    if !matches!(caller, Caller::Admin | Caller::Client(_)) {
+        return Err(BrokerError::Forbidden);
+    }
+    let req: UseBody = json_body(body)?;
+    let agent = AgentId::try_from(req.agent).map_err(|_| BrokerError::BadRequest("agent"))?;
+    let session = req
+        .session
+        .map(SessionId::try_from)
+        .transpose()
+        .map_err(|_| BrokerError::BadRequest("session"))?;
+    let now = b.clock.now();
+    let Some(mut row) = b
+        .store
+        .use_elevation(id, &agent, session.as_ref(), now)
+        .await?
+    else {
+        return Err(BrokerError::GrantUnusable);
+    };
+    if row.single_use {
+        row.status = ElevationStatus::Used;
+    }
+    b.refresh_grants().await?;
+    crate::events::publish(b, vec![elevation_event(&row, now)]).await;
+    b.record_done(
+        Record::new("elevation", now)
+            .field("action", Some("use"))
+            .field("agent", Some(agent.as_str()))
+            .session(row.session.as_ref())
+            .field("elevation", Some(id))
+            .field("target", Some(row.target.as_str()))
+            .field("used_by", Some(caller.label())),
+    )
+    .await;
+    Ok(elevation_json(&row, now))
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
     agent: Option<String>,
@@ -1114,6 +1166,19 @@ pub(crate) mod handlers {
     }
 
     /// `GET /v1/breakglass`.
+    pub async fn use_elevation(
+        State(b): B,
+        UrlPath(id): UrlPath<String>,
+        headers: HeaderMap,
+        body: axum::body::Body,
+    ) -> Response {
+        let r = match read_body(body).await {
+            Ok(bytes) => super::use_elevation(&b, &headers, &id, &bytes).await,
+            Err(e) => Err(e),
+        };
+        admin_response(r)
+    }
+
     pub async fn list_breakglass(State(b): B, headers: HeaderMap) -> Response {
         let r: Result<Value, BrokerError> = async {
             match b.caller(&headers).await? {
