@@ -92,6 +92,13 @@ pub enum Command {
     /// Example: `firebreak check --config firebreak.toml`. Prints a summary; warnings to stderr;
     /// exit 0 when valid, 78 when not.
     Check(ConfigArg),
+    /// Run a gateway alone, pointed at a broker (the scale-out shape).
+    ///
+    /// Example: `firebreak gateway --config gw.toml`, where the file holds only `[gateway]`
+    /// (with `data_dir` for its own audit chain) and its `[[gateway.route]]`s. It authenticates
+    /// to the broker as a `[[client]]` with role `stream`, decides in-process and fails closed
+    /// when the broker's event stream goes quiet for `stale_after`. Exits 78 on a bad config.
+    Gateway(ConfigArg),
     /// Token helpers.
     #[command(subcommand)]
     Token(TokenCommand),

@@ -43,7 +43,7 @@ impl CliError {
     }
 }
 
-fn failed(e: impl std::fmt::Display) -> CliError {
+pub(crate) fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
@@ -73,6 +73,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Demo { keep } => crate::demo::run(keep, out).await,
         Command::Serve(c) => serve(&c.config).await,
+        Command::Gateway(c) => crate::gateway_cmd::standalone(&c.config).await,
         Command::Check(c) => check(&c.config, out),
         Command::Token(TokenCommand::Exchange {
             subject_token,
@@ -378,6 +379,9 @@ async fn admin(b: &BrokerArgs, method: Method, path: &str) -> Result<Value, CliE
 
 fn check(path: &Path, out: Output) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
+    if let Some(t) = cfg.gateway.clone() {
+        crate::gateway_cmd::gateway_config(t, path)?;
+    }
     // The policies too: generated from grants plus the [policy] dir, validated against the schema.
     let pdp =
         firebreak_server::decider::load_pdp(&cfg).map_err(|e| policy_config_error(&cfg, &e))?;
@@ -448,6 +452,11 @@ pub fn open_store(
 
 async fn serve(path: &Path) -> Result<(), CliError> {
     let cfg = Config::load(path)?;
+    let gateway = cfg
+        .gateway
+        .clone()
+        .map(|t| crate::gateway_cmd::gateway_config(t, path))
+        .transpose()?;
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg, Arc::clone(&clock))?;
     let listen = cfg.server.listen;
@@ -455,7 +464,8 @@ async fn serve(path: &Path) -> Result<(), CliError> {
     tracing::error!(
         "DANGER: benchmark build without audit records (feature danger-bench-no-audit); never run this in production"
     );
-    let broker = match Broker::new(cfg, store, clock).await {
+    let store_for_gateway = Arc::clone(&store);
+    let broker = match Broker::new(cfg, store, Arc::clone(&clock)).await {
         Ok(b) => b,
         // A policy set that does not load is a configuration error: exit 78.
         Err(firebreak_server::StartError::Policy(e)) => {
@@ -488,9 +498,37 @@ async fn serve(path: &Path) -> Result<(), CliError> {
         .map_err(|e| failed(format!("bind {listen}: {e}")))?;
     let local = listener.local_addr().map_err(failed)?;
     tracing::info!(%local, issuer = broker.config().server.public_url, "broker listening");
-    firebreak_server::serve(broker, listener, shutdown_signal())
-        .await
-        .map_err(failed)
+    // Inside `serve` the gateway writes to the broker's own chain (DESIGN.md §8); it still
+    // learns revocations and policy over the broker's HTTP API, so there is one code path.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gw_task = match gateway {
+        Some(g) => {
+            let mut rx = stop_rx.clone();
+            let (_gw, task) = crate::gateway_cmd::start(
+                g,
+                Arc::clone(&store_for_gateway),
+                firebreak_store::BROKER_CHAIN.to_owned(),
+                Arc::clone(&clock),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+            Some(task)
+        }
+        None => None,
+    };
+    let r = firebreak_server::serve(broker, listener, async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .map_err(failed);
+    drop(stop_rx);
+    if let Some(t) = gw_task {
+        let _ = t.await;
+    }
+    r
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -151,7 +151,7 @@ max_ttl = "10m"
 [[client]]
 id = "demo-gateway"
 secret_sha256 = "{secret_hash}"
-roles = ["introspect", "revoke"]
+roles = ["introspect", "revoke", "stream", "evaluate"]
 audiences = ["{TOOL_AUDIENCE}"]
 
 [policy]
@@ -179,6 +179,14 @@ const DEMO_POLICIES: &str = r#"// repo:admin is never granted outright: only ins
 @id("admin-only-when-elevated")
 permit(principal == Agent::"deploy-bot", action == Action::"exchange", resource == Target::"github-tools")
 when { context.scope.contains("repo:admin") && context.elevations.contains("exchange:github-tools") };
+
+// Tools through the gateway: reading is fine, deleting a repository never is.
+@id("github-read-tools")
+permit(principal == Agent::"deploy-bot", action == Action::"call_tool", resource in Target::"github-tools")
+when { resource == Tool::"github-tools/list_issues" || resource == Tool::"github-tools/read_file" };
+
+@id("never-delete-repos")
+forbid(principal, action == Action::"call_tool", resource == Tool::"github-tools/delete_repo");
 
 // Every elevation needs a human.
 @id("elevations-need-a-human")
@@ -285,6 +293,7 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     let cfg = Config::load(&config_path)?;
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg, Arc::clone(&clock))?;
+    let store_for_gateway = Arc::clone(&store);
     let broker = Broker::new(cfg, store, clock)
         .await
         .map_err(|e| fail("start broker", e))?;
@@ -292,6 +301,52 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     let server = tokio::spawn(firebreak_server::serve(broker, listener, async {
         let _ = stop_rx.await;
     }));
+    // The gateway in front of the sample MCP tool server, with the demo's upstream credential.
+    let (tools_url, tools_seen) = crate::demo_tools::start()
+        .await
+        .map_err(|e| fail("start tool server", e))?;
+    let upstream_secret = format!("ghs_demo_{}", random_b64url(12));
+    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("bind gateway", e))?;
+    let gw_addr = gw_listener
+        .local_addr()
+        .map_err(|e| fail("bind gateway", e))?;
+    drop(gw_listener);
+    let gw_url = format!("http://{gw_addr}");
+    let gw_table: toml::Table = toml::from_str(&format!(
+        r#"listen = "{gw_addr}"
+broker = "{broker_url}"
+client_id = "demo-gateway"
+client_secret_env = "DEMO_GW_SECRET"
+stale_after = "5s"
+[[route]]
+target = "github-tools"
+path = "/mcp/github"
+upstream = "{tools_url}/mcp"
+credential = {{ header = "Authorization", value_env = "DEMO_GITHUB_TOKEN", prefix = "Bearer " }}
+"#
+    ))
+    .map_err(|e| fail("gateway config", e))?;
+    let (secret_for_gw, up_for_gw) = (client_secret.clone(), upstream_secret.clone());
+    let env = move |k: &str| match k {
+        "DEMO_GW_SECRET" => Some(secret_for_gw.clone()),
+        "DEMO_GITHUB_TOKEN" => Some(up_for_gw.clone()),
+        _ => None,
+    };
+    let gw_cfg = firebreak_gateway::GatewayConfig::from_toml(gw_table, &env)
+        .map_err(|e| fail("gateway config", e))?;
+    let (gw_stop_tx, gw_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (gateway, gw_task) = crate::gateway_cmd::start(
+        gw_cfg,
+        Arc::clone(&store_for_gateway),
+        firebreak_store::BROKER_CHAIN.to_owned(),
+        Arc::new(SystemClock),
+        async {
+            let _ = gw_stop_rx.await;
+        },
+    )
+    .await?;
     let client = Client::new().map_err(|e| fail("client", e))?;
     let mut n = Narrator {
         out,
@@ -539,6 +594,102 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
         ),
     );
 
+    // 7b. Enforce: the gateway in front of the MCP tool server.
+    for _ in 0..200 {
+        if gateway.enforcer().ready() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if !gateway.enforcer().ready() {
+        return Err(fail(
+            "gateway ready",
+            "no policy bundle or event stream within 2 s",
+        ));
+    }
+    let rpc = |body: Value| {
+        let (client, url, access) = (&client, format!("{gw_url}/mcp/github"), access.clone());
+        async move {
+            client
+                .send(
+                    http::Method::POST,
+                    &url,
+                    &[
+                        ("authorization", format!("Bearer {access}")),
+                        ("accept", "application/json, text/event-stream".to_owned()),
+                    ],
+                    Some(("application/json", body.to_string().into_bytes())),
+                )
+                .await
+        }
+    };
+    let r = rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .await
+        .map_err(|e| fail("tools/list", e))?;
+    let listed: Vec<String> = r.json()["result"]["tools"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed != ["list_issues", "read_file"] {
+        return Err(fail(
+            "tools/list filtered",
+            format!("{} {}", r.status, r.json()),
+        ));
+    }
+    n.step(
+        "Gateway: tools/list through the MCP-aware gateway",
+        &format!(
+            "POST {gw_url}/mcp/github tools/list → {listed:?}
+(the server offers {:?}; policy hides the rest)",
+            crate::demo_tools::TOOLS
+        ),
+    );
+    let r = rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_issues", "arguments": {}}}))
+        .await
+        .map_err(|e| fail("tools/call allowed", e))?;
+    let seen_auth = tools_seen
+        .lock()
+        .map(|s| s.authorizations.clone())
+        .unwrap_or_default();
+    if r.status != 200
+        || r.json()["result"].is_null()
+        || seen_auth.iter().any(|a| a.contains(&access))
+        || !seen_auth
+            .iter()
+            .all(|a| a == &format!("Bearer {upstream_secret}"))
+    {
+        return Err(fail(
+            "tools/call allowed",
+            format!("{} {} {seen_auth:?}", r.status, r.json()),
+        ));
+    }
+    n.step(
+        "Gateway: tools/call list_issues → allowed (policy github-read-tools)",
+        "the tool server received the gateway's own credential; the agent's token never left the gateway",
+    );
+    let r = rpc(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "delete_repo", "arguments": {}}}))
+        .await
+        .map_err(|e| fail("tools/call denied", e))?;
+    let reached = tools_seen
+        .lock()
+        .map(|s| s.calls.iter().any(|c| c == "delete_repo"))
+        .unwrap_or(true);
+    if r.json()["error"]["code"] != -32602 || reached {
+        return Err(fail("tools/call denied", r.json()));
+    }
+    n.step(
+        "Gateway: tools/call delete_repo → refused (policy never-delete-repos)",
+        &format!(
+            "→ HTTP 200 JSON-RPC error {} reason={}; the tool server never saw the call",
+            r.json()["error"]["code"],
+            r.json()["error"]["data"]["reason"].as_str().unwrap_or("")
+        ),
+    );
+
     // 8. Revoke: the agent revokes its own token with a token for the broker itself.
     let oidc3 = issuer.mint(&broker_url, "refs/heads/main")?;
     let r = exchange(&client, &broker_url, &oidc3, &broker_url, None).await?;
@@ -570,6 +721,34 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     if iv != json!({ "active": false }) {
         return Err(fail("introspect after revoke", iv));
     }
+    // 9b. The revocation is pushed to the gateway: the next call is refused.
+    let revoked_at = firebreak_core::clock::Stopwatch::start();
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = rpc(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "list_issues", "arguments": {}}}))
+            .await
+            .map_err(|e| fail("call after revoke", e))?;
+        if r.status == 401 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let Some(r) = refused else {
+        return Err(fail(
+            "call after revoke",
+            "the gateway still allowed the revoked token after 1 s",
+        ));
+    };
+    n.step(
+        "Gateway: the revoked token's next call is refused",
+        &format!(
+            "→ {} reason={} (revocation pushed over /v1/events within {:.0} ms)",
+            r.status,
+            r.json()["reason"].as_str().unwrap_or(""),
+            revoked_at.elapsed_secs() * 1000.0
+        ),
+    );
     n.step(
         "Introspect again",
         &format!("→ {iv}: revoked tokens, unknown tokens and expired tokens all look the same"),
@@ -669,6 +848,8 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
         );
         crate::commands::shutdown_signal().await;
     }
+    let _ = gw_stop_tx.send(());
+    let _ = gw_task.await;
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())

@@ -8,6 +8,8 @@ mod cli;
 mod client;
 mod commands;
 mod demo;
+mod demo_tools;
+mod gateway_cmd;
 mod grants_cmd;
 
 use std::process::ExitCode;

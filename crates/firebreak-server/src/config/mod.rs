@@ -71,6 +71,11 @@ struct RawConfig {
     breakglass: RawBreakglass,
     #[serde(default, rename = "approver")]
     approvers: Vec<RawApprover>,
+    /// Checked by the gateway crate (the binary wires it); kept raw here so the broker's config
+    /// does not depend on the enforcement points.
+    gateway: Option<toml::Table>,
+    /// Checked by the egress crate.
+    egress: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,6 +445,10 @@ pub struct Config {
     pub approvers: Vec<Approver>,
     /// Things that load but deserve a look (e.g. a rule pinned by name but not by id).
     pub warnings: Vec<String>,
+    /// `[gateway]`, unchecked (see `firebreak_gateway::GatewayConfig::from_toml`).
+    pub gateway: Option<toml::Table>,
+    /// `[egress]`, unchecked (see the egress crate).
+    pub egress: Option<toml::Table>,
 }
 
 /// `[server]`.
@@ -1279,6 +1288,8 @@ impl Config {
             targets,
             clients,
             warnings,
+            gateway: raw.gateway,
+            egress: raw.egress,
         })
     }
 
