@@ -293,6 +293,20 @@ impl CompactTree {
     pub fn root(&self) -> [u8; 32] {
         fold_peaks(&self.peaks)
     }
+
+    /// The frontier: the roots of the perfect subtrees, largest (leftmost) first. With
+    /// [`CompactTree::size`] it is all a writer needs to keep computing roots, so a store can
+    /// persist it beside the chain head instead of re-reading every leaf.
+    pub fn frontier(&self) -> &[[u8; 32]] {
+        &self.peaks
+    }
+
+    /// Rebuilds a tree from [`CompactTree::size`] and [`CompactTree::frontier`]; `None` when the
+    /// frontier cannot belong to a tree of that size (one peak per set bit of `size`).
+    pub fn from_frontier(size: u64, peaks: Vec<[u8; 32]>) -> Option<Self> {
+        (u64::try_from(peaks.len()).ok()? == u64::from(size.count_ones()))
+            .then_some(Self { peaks, size })
+    }
 }
 
 fn fold_peaks(peaks: &[[u8; 32]]) -> [u8; 32] {
@@ -364,6 +378,22 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<[u8; 32]> {
         (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn frontier_round_trips() {
+        let mut t = CompactTree::default();
+        for i in 0u8..13 {
+            t.push(leaf_hash(&[i]));
+            let back = CompactTree::from_frontier(t.size(), t.frontier().to_vec()).unwrap();
+            assert_eq!(back.root(), t.root());
+            let mut a = back.clone();
+            let mut b = t.clone();
+            a.push([7; 32]);
+            b.push([7; 32]);
+            assert_eq!(a.root(), b.root());
+        }
+        assert!(CompactTree::from_frontier(3, vec![[0; 32]]).is_none());
     }
 
     #[test]

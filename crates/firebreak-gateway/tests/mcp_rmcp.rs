@@ -10,6 +10,8 @@
     reason = "tests"
 )]
 
+// Not every helper the shared harness re-exports is used here.
+#[allow(unused_imports, reason = "shared test harness")]
 mod common;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,8 @@ struct Hit {
     headers: Vec<(String, String)>,
     body: String,
     status: Option<u16>,
+    /// The server's `Content-Type`.
+    answer_type: String,
 }
 
 impl Hit {
@@ -165,11 +169,20 @@ async fn start_rmcp(log: &Log) -> String {
                                 .collect(),
                             body: String::from_utf8_lossy(&body).into_owned(),
                             status: None,
+                            answer_type: String::new(),
                         });
                         hits.len() - 1
                     };
                     let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
-                    rec.hits.lock().unwrap()[i].status = Some(resp.status().as_u16());
+                    let mut hits = rec.hits.lock().unwrap();
+                    hits[i].status = Some(resp.status().as_u16());
+                    hits[i].answer_type = resp
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    drop(hits);
                     resp
                 }
             },
@@ -295,6 +308,16 @@ credential = {{ header = "Authorization", value_env = "UP", prefix = "Bearer " }
         .iter()
         .map(|h| format!("{} {}", h.method, h.rpc_method().unwrap_or_default()))
         .collect();
+    for h in &hits {
+        eprintln!(
+            "server saw {} {} {} -> {:?} {}",
+            h.method,
+            h.uri,
+            h.rpc_method().unwrap_or_default(),
+            h.status,
+            h.answer_type
+        );
+    }
     for m in [
         "initialize",
         "notifications/initialized",

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ pub use model::{
     BreakGlassRow, ElevationRow, ElevationStatus, EventKind, EventRow, IngestRecord, KeyRow,
     KeyState, NewEvent, NewExchange, ReplayGuard, SessionRow, TokenRow, TokenStatus,
 };
+pub use postgres::{PgPoolSettings, PgStore};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, so that `Store` can be used as `Arc<dyn Store>`.

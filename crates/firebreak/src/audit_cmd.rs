@@ -1,6 +1,7 @@
 //! `firebreak audit …`: offline verification, export (JSONL, OCSF), tail, session replay and
-//! the pinned key. These read the database file read-only, so they work while a broker runs,
-//! and they trust only the pinned public key (or `--key`), never a key found in the store.
+//! the pinned key. These read the database file (or the shared PostgreSQL) read-only, so they
+//! work while brokers run, and they trust only the pinned public key (or `--key`), never a key
+//! found in the store.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::path::Path;
 use firebreak_audit::{AuditPublicKey, VerifyOptions, verify_items, verify_lines};
 use firebreak_core::SessionId;
 use firebreak_server::Config;
-use firebreak_store::{AuditLine, SqliteStore};
+use firebreak_store::{AuditLine, PgStore, SessionRow, SqliteStore, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{AuditCommand, ExportFormat, Output};
@@ -18,30 +19,77 @@ fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-fn reader(config: &Path) -> Result<(Config, firebreak_store::sqlite::AuditReader), CliError> {
+/// Where the audit log is read from: the database file read-only, or the shared PostgreSQL
+/// through the `Store` trait's audit read methods (read-only transactions, no audit writer).
+enum Source {
+    Sqlite(firebreak_store::sqlite::AuditReader),
+    Pg(PgStore),
+}
+
+impl Source {
+    async fn chains(&self) -> Result<Vec<String>, CliError> {
+        match self {
+            Self::Sqlite(r) => r.chains().map_err(failed),
+            Self::Pg(s) => s.audit_chains().await.map_err(failed),
+        }
+    }
+
+    async fn lines(&self, chain: &str, after: u64, limit: u32) -> Result<Vec<AuditLine>, CliError> {
+        match self {
+            Self::Sqlite(r) => r.lines(chain, after, limit).map_err(failed),
+            Self::Pg(s) => s.audit_lines(chain, after, limit).await.map_err(failed),
+        }
+    }
+
+    async fn for_sessions(&self, ids: &[SessionId]) -> Result<Vec<AuditLine>, CliError> {
+        match self {
+            Self::Sqlite(r) => r.for_sessions(ids).map_err(failed),
+            Self::Pg(s) => s.audit_for_sessions(ids.to_vec()).await.map_err(failed),
+        }
+    }
+
+    async fn session(&self, id: &SessionId) -> Result<Option<SessionRow>, CliError> {
+        match self {
+            Self::Sqlite(r) => r.session(id).map_err(failed),
+            Self::Pg(s) => s.session(id).await.map_err(failed),
+        }
+    }
+
+    async fn children(&self, id: &SessionId) -> Result<Vec<SessionRow>, CliError> {
+        match self {
+            Self::Sqlite(r) => r.children(id).map_err(failed),
+            Self::Pg(s) => s.children(id).await.map_err(failed),
+        }
+    }
+}
+
+async fn reader(config: &Path) -> Result<(Config, Source), CliError> {
     let cfg = Config::load(config)?;
+    if cfg.store.is_postgres() {
+        let s = PgStore::connect_reader(&cfg.store.url, crate::commands::pg_pool(&cfg))
+            .await
+            .map_err(failed)?;
+        return Ok((cfg, Source::Pg(s)));
+    }
     let path = SqliteStore::path_from_url(&cfg.store.url).ok_or_else(|| {
         CliError::Failed(format!(
-            "{}: only sqlite:// stores are supported",
+            "{}: not a sqlite:// or postgres:// store",
             cfg.store.url
         ))
     })?;
     let r = SqliteStore::open_reader(&path).map_err(failed)?;
-    Ok((cfg, r))
+    Ok((cfg, Source::Sqlite(r)))
 }
 
-fn all_lines(
-    r: &firebreak_store::sqlite::AuditReader,
-    chain: Option<&str>,
-) -> Result<Vec<AuditLine>, CliError> {
+async fn all_lines(r: &Source, chain: Option<&str>) -> Result<Vec<AuditLine>, CliError> {
     let chains = match chain {
         Some(c) => vec![c.to_owned()],
-        None => r.chains().map_err(failed)?,
+        None => r.chains().await?,
     };
     // One query per chain, as the broker's export does: verification needs every line anyway.
     let mut out = Vec::new();
     for c in chains {
-        out.extend(r.lines(&c, 0, u32::MAX).map_err(failed)?);
+        out.extend(r.lines(&c, 0, u32::MAX).await?);
     }
     Ok(out)
 }
@@ -54,14 +102,14 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
             key,
             strict,
             config,
-        } => verify(file.as_deref(), key.as_deref(), strict, &config, out),
+        } => verify(file.as_deref(), key.as_deref(), strict, &config, out).await,
         AuditCommand::Export {
             format,
             chain,
             config,
         } => {
-            let (_, r) = reader(&config)?;
-            for l in all_lines(&r, chain.as_deref())? {
+            let (_, r) = reader(&config).await?;
+            for l in all_lines(&r, chain.as_deref()).await? {
                 match format {
                     ExportFormat::Jsonl => println!("{}", l.json),
                     ExportFormat::Ocsf => {
@@ -79,9 +127,9 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
             lines,
             config,
         } => {
-            let (_, r) = reader(&config)?;
+            let (_, r) = reader(&config).await?;
             let chain = firebreak_store::BROKER_CHAIN;
-            let all = all_lines(&r, Some(chain))?;
+            let all = all_lines(&r, Some(chain)).await?;
             let records: Vec<&AuditLine> = all.iter().filter(|l| !l.checkpoint).collect();
             let skip = records
                 .len()
@@ -105,7 +153,7 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
                     () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
                     () = &mut stop => return Ok(()),
                 }
-                for l in r.lines(chain, last, 10_000).map_err(failed)? {
+                for l in r.lines(chain, last, 10_000).await? {
                     if !l.checkpoint {
                         print_line(&l, out);
                         last = l.seq;
@@ -113,7 +161,7 @@ pub async fn run(cmd: AuditCommand, out: Output) -> Result<(), CliError> {
                 }
             }
         }
-        AuditCommand::Replay { session, config } => replay(&session, &config, out),
+        AuditCommand::Replay { session, config } => replay(&session, &config, out).await,
         AuditCommand::Key { config } => {
             let cfg = Config::load(&config)?;
             let k = firebreak_server::audit::pinned_public(&cfg.server.data_dir).map_err(failed)?;
@@ -199,7 +247,7 @@ fn load_keys(
     Ok(vec![k])
 }
 
-fn verify(
+async fn verify(
     file: Option<&Path>,
     key: Option<&Path>,
     strict: bool,
@@ -220,7 +268,7 @@ fn verify(
             // Each chain is verified under its own key only: the broker's chain under the pinned
             // key (or --key), a gateway's chain under the key registered for that client. A
             // gateway key can therefore never vouch for the broker's chain.
-            let (cfg, r) = reader(config)?;
+            let (cfg, r) = reader(config).await?;
             let broker_keys = load_keys(key, Some(&cfg.server.data_dir))?;
             let mut total = firebreak_audit::Report {
                 records: 0,
@@ -229,7 +277,7 @@ fn verify(
                 warnings: Vec::new(),
             };
             let mut failure = None;
-            for chain in r.chains().map_err(failed)? {
+            for chain in r.chains().await? {
                 let keys: Vec<AuditPublicKey> = if chain == firebreak_store::BROKER_CHAIN {
                     broker_keys.clone()
                 } else {
@@ -252,7 +300,7 @@ fn verify(
                     strict,
                 };
                 let mut items = Vec::new();
-                for l in all_lines(&r, Some(&chain))? {
+                for l in all_lines(&r, Some(&chain)).await? {
                     // A row whose text no longer parses is tampering too; the verifier names it.
                     items.push(
                         serde_json::from_str::<Value>(&l.json).unwrap_or(Value::String(l.json)),
@@ -300,19 +348,19 @@ fn verify(
     }
 }
 
-fn replay(session: &str, config: &Path, out: Output) -> Result<(), CliError> {
-    let (_, r) = reader(config)?;
+async fn replay(session: &str, config: &Path, out: Output) -> Result<(), CliError> {
+    let (_, r) = reader(config).await?;
     let id =
         SessionId::try_from(session).map_err(|e| CliError::Usage(format!("session id: {e}")))?;
     let this = r
         .session(&id)
-        .map_err(failed)?
+        .await?
         .ok_or_else(|| CliError::Failed(format!("no session {session}")))?;
     // Lineage: the ancestors up to the root, then every descendant.
     let mut ancestors = Vec::new();
     let mut cur = this.parent.clone();
     while let Some(p) = cur {
-        match r.session(&p).map_err(failed)? {
+        match r.session(&p).await? {
             Some(row) => {
                 cur = row.parent.clone();
                 ancestors.push(row);
@@ -324,7 +372,7 @@ fn replay(session: &str, config: &Path, out: Output) -> Result<(), CliError> {
     let mut descendants = Vec::new();
     let mut stack = vec![id.clone()];
     while let Some(p) = stack.pop() {
-        for c in r.children(&p).map_err(failed)? {
+        for c in r.children(&p).await? {
             stack.push(c.id.clone());
             descendants.push(c);
         }
@@ -335,7 +383,7 @@ fn replay(session: &str, config: &Path, out: Output) -> Result<(), CliError> {
     ids.extend(descendants.iter().map(|d| d.id.clone()));
     let mut records: Vec<Value> = r
         .for_sessions(&ids.iter().cloned().collect::<Vec<_>>())
-        .map_err(failed)?
+        .await?
         .iter()
         .filter_map(|l| serde_json::from_str(&l.json).ok())
         .collect();

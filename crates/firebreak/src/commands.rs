@@ -7,7 +7,7 @@ use std::sync::Arc;
 use firebreak_core::{SystemClock, UnixTime, format_rfc3339_millis};
 use firebreak_server::form::encode_pairs;
 use firebreak_server::{Broker, Config, ConfigError};
-use firebreak_store::{SqliteStore, Store};
+use firebreak_store::{PgPoolSettings, PgStore, SqliteStore, Store};
 use firebreak_token::{KeySet, UnverifiedJwt, verify_signature};
 use http::Method;
 use serde_json::{Value, json};
@@ -423,30 +423,51 @@ fn policy_config_error(cfg: &Config, e: &firebreak_policy::PolicyError) -> CliEr
 }
 
 /// Opens the store a config names, with the audit writer (creating the audit key at first start).
-pub fn open_store(
+/// Several replicas on one PostgreSQL append to one broker chain, so they must share one audit
+/// key (`<data_dir>/audit-key*`).
+pub async fn open_store(
     cfg: &Config,
     clock: Arc<dyn firebreak_core::Clock>,
 ) -> Result<Arc<dyn Store>, CliError> {
     let url = &cfg.store.url;
-    match SqliteStore::path_from_url(url) {
-        Some(p) => {
-            let key = firebreak_server::audit::load_or_create_key(&cfg.server.data_dir)
-                .map_err(failed)?;
-            let settings = firebreak_store::AuditSettings {
-                key,
-                checkpoint_every: cfg.audit.checkpoint_every,
-                checkpoint_interval_ms: cfg.audit.checkpoint_interval.as_millis(),
-                clock,
-                queue: 8192,
-            };
-            Ok(Arc::new(SqliteStore::open(&p, settings).map_err(failed)?))
-        }
-        None => Err(CliError::Config(ConfigError {
-            file: cfg.file.clone(),
-            line: None,
-            rule: "store.url".into(),
-            reason: format!("{url:?}: only sqlite:// stores are supported by this build"),
-        })),
+    let settings = |key| firebreak_store::AuditSettings {
+        key,
+        checkpoint_every: cfg.audit.checkpoint_every,
+        checkpoint_interval_ms: cfg.audit.checkpoint_interval.as_millis(),
+        clock,
+        queue: 8192,
+    };
+    if let Some(p) = SqliteStore::path_from_url(url) {
+        let key =
+            firebreak_server::audit::load_or_create_key(&cfg.server.data_dir).map_err(failed)?;
+        return Ok(Arc::new(
+            SqliteStore::open(&p, settings(key)).map_err(failed)?,
+        ));
+    }
+    if cfg.store.is_postgres() {
+        let key =
+            firebreak_server::audit::load_or_create_key(&cfg.server.data_dir).map_err(failed)?;
+        let store = PgStore::connect(url, settings(key), pg_pool(cfg))
+            .await
+            .map_err(failed)?;
+        return Ok(Arc::new(store));
+    }
+    Err(CliError::Config(ConfigError {
+        file: cfg.file.clone(),
+        line: None,
+        rule: "store.url".into(),
+        reason: format!("{url:?}: must be sqlite://PATH or postgres://…"),
+    }))
+}
+
+/// The `[store]` pool settings for PostgreSQL.
+pub fn pg_pool(cfg: &Config) -> PgPoolSettings {
+    PgPoolSettings {
+        size: cfg.store.pool_size,
+        connect_timeout: cfg.store.connect_timeout.as_std(),
+        statement_timeout: cfg.store.statement_timeout.as_std(),
+        acquire_timeout: cfg.store.connect_timeout.as_std(),
+        schema: None,
     }
 }
 
@@ -458,7 +479,7 @@ async fn serve(path: &Path) -> Result<(), CliError> {
         .map(|t| crate::gateway_cmd::gateway_config(t, path))
         .transpose()?;
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg, Arc::clone(&clock))?;
+    let store = open_store(&cfg, Arc::clone(&clock)).await?;
     let listen = cfg.server.listen;
     #[cfg(feature = "danger-bench-no-audit")]
     tracing::error!(

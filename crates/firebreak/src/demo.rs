@@ -292,7 +292,7 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     std::fs::write(&config_path, &config_text).map_err(|e| fail("write config", e))?;
     let cfg = Config::load(&config_path)?;
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg, Arc::clone(&clock))?;
+    let store = open_store(&cfg, Arc::clone(&clock)).await?;
     let store_for_gateway = Arc::clone(&store);
     let broker = Broker::new(cfg, store, clock)
         .await

@@ -251,11 +251,43 @@ fn default_signing_alg() -> Algorithm {
     Algorithm::EdDsa
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<String>,
     key_encryption_key_file: Option<PathBuf>,
+    /// PostgreSQL only: pooled connections per broker (the audit writer and the event listener
+    /// have one each besides).
+    #[serde(default = "d_pool_size")]
+    pool_size: usize,
+    /// PostgreSQL only: opening one connection may take this long.
+    #[serde(default = "d_connect_timeout")]
+    connect_timeout: ConfigDuration,
+    /// PostgreSQL only: the server-side `statement_timeout` of every statement.
+    #[serde(default = "d_statement_timeout")]
+    statement_timeout: ConfigDuration,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_encryption_key_file: None,
+            pool_size: d_pool_size(),
+            connect_timeout: d_connect_timeout(),
+            statement_timeout: d_statement_timeout(),
+        }
+    }
+}
+
+fn d_pool_size() -> usize {
+    8
+}
+fn d_connect_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(2)
+}
+fn d_statement_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
 }
 
 #[derive(Debug, Deserialize)]
@@ -469,10 +501,23 @@ pub struct ServerConfig {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://…` (or, later, `postgres://…`).
+    /// `sqlite://…`, `postgres://…` or `postgresql://…`.
     pub url: String,
     /// Key-encryption key for signing keys at rest.
     pub key_encryption_key_file: Option<PathBuf>,
+    /// PostgreSQL: pooled connections (1–256).
+    pub pool_size: usize,
+    /// PostgreSQL: connect timeout (100 ms – 60 s).
+    pub connect_timeout: ConfigDuration,
+    /// PostgreSQL: statement timeout (100 ms – 60 s).
+    pub statement_timeout: ConfigDuration,
+}
+
+impl StoreConfig {
+    /// Whether `url` names PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        firebreak_store::PgStore::is_postgres_url(&self.url)
+    }
 }
 
 /// `[limits]`.
@@ -805,7 +850,29 @@ impl Config {
                 .url
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("firebreak.db").display())),
             key_encryption_key_file: raw.store.key_encryption_key_file.map(|p| base.join(p)),
+            pool_size: raw.store.pool_size,
+            connect_timeout: raw.store.connect_timeout,
+            statement_timeout: raw.store.statement_timeout,
         };
+        if firebreak_store::SqliteStore::path_from_url(&store.url).is_none() && !store.is_postgres()
+        {
+            return Err(c.err(
+                "store.url",
+                Some(&store.url),
+                "must be sqlite://PATH, postgres://… or postgresql://…",
+            ));
+        }
+        if !(1..=256).contains(&store.pool_size) {
+            return Err(c.err("store.pool_size", None, "must be between 1 and 256"));
+        }
+        for (rule, d) in [
+            ("store.connect_timeout", store.connect_timeout),
+            ("store.statement_timeout", store.statement_timeout),
+        ] {
+            if !(100..=60_000).contains(&d.as_millis()) {
+                return Err(c.err(rule, None, format!("{d} is outside 100ms..60s")));
+            }
+        }
 
         // [limits]
         let l = raw.limits;

@@ -303,3 +303,28 @@ fn syntax_and_unknown_fields_name_the_line() {
     assert_eq!(e.line, Some(4), "{e}");
     assert!(e.to_string().starts_with("f.toml:4: syntax:"), "{e}");
 }
+
+#[test]
+fn store_urls_and_postgres_pool_options() {
+    let c = load("").unwrap();
+    assert!(c.store.url.starts_with("sqlite://"));
+    assert!(!c.store.is_postgres());
+    assert_eq!(c.store.pool_size, 8);
+    assert_eq!(c.store.connect_timeout, ConfigDuration::from_secs(2));
+    assert_eq!(c.store.statement_timeout, ConfigDuration::from_secs(5));
+    let c = load(
+        "\n[store]\nurl = \"postgres://fb@db.internal/fb\"\npool_size = 16\nconnect_timeout = \"1s\"\nstatement_timeout = \"3s\"\n",
+    )
+    .unwrap();
+    assert!(c.store.is_postgres());
+    assert_eq!(c.store.pool_size, 16);
+    assert_eq!(c.store.statement_timeout, ConfigDuration::from_secs(3));
+    let e = load("\n[store]\nurl = \"mysql://x/y\"\n").unwrap_err();
+    assert_eq!(e.rule, "store.url", "{e}");
+    let e = load("\n[store]\nurl = \"postgres://x/y\"\npool_size = 0\n").unwrap_err();
+    assert_eq!(e.rule, "store.pool_size", "{e}");
+    let e = load("\n[store]\nstatement_timeout = \"10ms\"\n").unwrap_err();
+    assert_eq!(e.rule, "store.statement_timeout", "{e}");
+    let e = load("\n[store]\npool = 3\n").unwrap_err();
+    assert_eq!(e.rule, "syntax", "unknown fields are refused: {e}");
+}
