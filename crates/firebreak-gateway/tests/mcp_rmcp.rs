@@ -294,10 +294,16 @@ credential = {{ header = "Authorization", value_env = "UP", prefix = "Bearer " }
 
     // Close: the client ends its session (DELETE) through the gateway.
     client.cancel().await.unwrap();
+    // The GET stream is opened by the client's worker on its own; wait for both, bounded.
+    let answered = |m: &str| {
+        log.hits()
+            .iter()
+            .any(|h| h.method == m && h.status.is_some())
+    };
     eventually(
-        "the DELETE that ends the session",
+        "the GET stream and the DELETE that ends the session",
         Duration::from_secs(5),
-        async || log.hits().iter().any(|h| h.method == "DELETE"),
+        async || answered("GET") && answered("DELETE"),
     )
     .await;
 
@@ -308,16 +314,29 @@ credential = {{ header = "Authorization", value_env = "UP", prefix = "Bearer " }
         .iter()
         .map(|h| format!("{} {}", h.method, h.rpc_method().unwrap_or_default()))
         .collect();
-    for h in &hits {
-        eprintln!(
-            "server saw {} {} {} -> {:?} {}",
-            h.method,
-            h.uri,
-            h.rpc_method().unwrap_or_default(),
-            h.status,
-            h.answer_type
-        );
-    }
+    let wire: Vec<String> = hits
+        .iter()
+        .map(|h| {
+            let m = h.rpc_method().unwrap_or_default();
+            format!("{} {m} -> {:?} {}", h.method, h.status, h.answer_type)
+        })
+        .collect();
+    // The whole streamable-HTTP exchange went through: SSE answers to POSTs (tools/list
+    // filtered inside an SSE event), 202 for the notification, the GET stream, DELETE at close.
+    let sse = |h: &Hit| h.answer_type.starts_with("text/event-stream");
+    let saw = |f: &dyn Fn(&Hit) -> bool| hits.iter().any(f);
+    assert!(
+        saw(&|h| h.rpc_method().as_deref() == Some("tools/list") && sse(h)),
+        "{wire:#?}"
+    );
+    assert!(
+        saw(
+            &|h| h.rpc_method().as_deref() == Some("notifications/initialized")
+                && h.status == Some(202)
+        ),
+        "{wire:#?}"
+    );
+    assert!(saw(&|h| h.method == "GET" && sse(h)), "{wire:#?}");
     for m in [
         "initialize",
         "notifications/initialized",
@@ -342,10 +361,18 @@ credential = {{ header = "Authorization", value_env = "UP", prefix = "Bearer " }
         let st = h.status.unwrap_or(0);
         assert!((200..300).contains(&st), "server answered {st}: {h:?}");
     }
-    // The session id the server gave is what the client (through the gateway) sent back.
-    let sessions: std::collections::BTreeSet<&str> = hits
+    // Every request after initialize carried the one session id the server gave (its answer
+    // header made it back to the client through the gateway).
+    let later: Vec<&Hit> = hits
         .iter()
         .filter(|h| h.rpc_method().as_deref() != Some("initialize"))
+        .collect();
+    assert!(
+        later.iter().all(|h| h.header("mcp-session-id").len() == 1),
+        "{hits:#?}"
+    );
+    let sessions: std::collections::BTreeSet<&str> = later
+        .iter()
         .flat_map(|h| h.header("mcp-session-id"))
         .collect();
     assert_eq!(sessions.len(), 1, "{hits:#?}");
