@@ -85,6 +85,12 @@ pub enum Reason {
     DpopBindingMismatch,
     /// The DPoP replay cache is full of live proofs; new proofs are refused until some expire.
     DpopReplayCacheFull,
+    /// An egress destination that is not allowed as written or as resolved: a private,
+    /// loopback, link-local, multicast, reserved or documentation address (or an IPv4-mapped or
+    /// NAT64 form of one) that no policy names exactly, or a host that is not a valid name.
+    DestinationNotAllowed,
+    /// The agent already holds as many egress connections as it may.
+    ConnectionLimit,
 }
 
 impl Reason {
@@ -130,6 +136,8 @@ impl Reason {
             Self::ProtocolViolation => "protocol_violation",
             Self::DpopBindingMismatch => "dpop_binding_mismatch",
             Self::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Self::DestinationNotAllowed => "destination_not_allowed",
+            Self::ConnectionLimit => "connection_limit",
         }
     }
 }

@@ -1,5 +1,10 @@
 //! DPoP at the gateway (G12) and signing-key rotation under load (F7).
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests"
+)]
 
 mod common;
 
@@ -11,20 +16,38 @@ use firebreak_core::Clock as _;
 use firebreak_token::{Algorithm, SigningKey, random_b64url, sha256_b64url};
 use serde_json::{Value, json};
 
-fn proof(key: &SigningKey, htm: &str, htu: &str, iat: i64, token: Option<&str>, edit: impl FnOnce(&mut Value, &mut Value)) -> String {
-    let mut header = json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": key.public_key().to_jwk()});
+fn proof(
+    key: &SigningKey,
+    htm: &str,
+    htu: &str,
+    iat: i64,
+    token: Option<&str>,
+    edit: impl FnOnce(&mut Value, &mut Value),
+) -> String {
+    let mut header =
+        json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": key.public_key().to_jwk()});
     let mut claims = json!({"jti": random_b64url(16), "htm": htm, "htu": htu, "iat": iat});
     if let Some(t) = token {
         claims["ath"] = json!(sha256_b64url(t.as_bytes()));
     }
     edit(&mut header, &mut claims);
-    key.sign_raw(&header, &serde_json::to_vec(&claims).unwrap()).unwrap()
+    key.sign_raw(&header, &serde_json::to_vec(&claims).unwrap())
+        .unwrap()
 }
 
 /// A DPoP-bound token for TOOLS from the broker.
 async fn bound_token(s: &Stack, key: &SigningKey) -> String {
-    let p = proof(key, "POST", &format!("{}/oauth2/token", s.h.url), s.h.now().as_secs(), None, |_, _| {});
-    let r = s.h.exchange_raw("acme/api", TOOLS, None, &[("dpop", p.as_str())]).await;
+    let p = proof(
+        key,
+        "POST",
+        &format!("{}/oauth2/token", s.h.url),
+        s.h.now().as_secs(),
+        None,
+        |_, _| {},
+    );
+    let r =
+        s.h.exchange_raw("acme/api", TOOLS, None, &[("dpop", p.as_str())])
+            .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["token_type"], "DPoP");
     r.json()["access_token"].as_str().unwrap().to_owned()
@@ -41,7 +64,13 @@ async fn g12_dpop_misuse_at_the_gateway() {
         let (s, t) = (&s, t.clone());
         async move {
             let auth = format!("{scheme} {t}");
-            s.send("GET", "/tools/a", &[("authorization", &auth), ("dpop", &p)], "").await
+            s.send(
+                "GET",
+                "/tools/a",
+                &[("authorization", &auth), ("dpop", &p)],
+                "",
+            )
+            .await
         }
     };
     // The good case.
@@ -51,23 +80,58 @@ async fn g12_dpop_misuse_at_the_gateway() {
     // Replayed proof (same jti).
     let r = call(good, "DPoP").await;
     assert_eq!(r.status, 401);
-    assert!(www(&r).starts_with("DPoP") && www(&r).contains("invalid_dpop_proof"), "{}", www(&r));
+    assert!(
+        www(&r).starts_with("DPoP") && www(&r).contains("invalid_dpop_proof"),
+        "{}",
+        www(&r)
+    );
     // Proof defects: invalid_dpop_proof.
     let other = SigningKey::generate(Algorithm::Es256).unwrap();
     let defects: Vec<(&str, String)> = vec![
-        ("wrong htm", proof(&key, "POST", &htu, now, Some(&t), |_, _| {})),
-        ("wrong htu", proof(&key, "GET", &format!("{}/tools/b", s.url), now, Some(&t), |_, _| {})),
-        ("stale iat", proof(&key, "GET", &htu, now - 600, Some(&t), |_, _| {})),
-        ("future iat", proof(&key, "GET", &htu, now + 600, Some(&t), |_, _| {})),
+        (
+            "wrong htm",
+            proof(&key, "POST", &htu, now, Some(&t), |_, _| {}),
+        ),
+        (
+            "wrong htu",
+            proof(
+                &key,
+                "GET",
+                &format!("{}/tools/b", s.url),
+                now,
+                Some(&t),
+                |_, _| {},
+            ),
+        ),
+        (
+            "stale iat",
+            proof(&key, "GET", &htu, now - 600, Some(&t), |_, _| {}),
+        ),
+        (
+            "future iat",
+            proof(&key, "GET", &htu, now + 600, Some(&t), |_, _| {}),
+        ),
         ("no ath", proof(&key, "GET", &htu, now, None, |_, _| {})),
-        ("wrong ath", proof(&key, "GET", &htu, now, Some("another-token"), |_, _| {})),
-        ("private jwk", proof(&key, "GET", &htu, now, Some(&t), |h, _| { h["jwk"]["d"] = json!("AAAA"); })),
+        (
+            "wrong ath",
+            proof(&key, "GET", &htu, now, Some("another-token"), |_, _| {}),
+        ),
+        (
+            "private jwk",
+            proof(&key, "GET", &htu, now, Some(&t), |h, _| {
+                h["jwk"]["d"] = json!("AAAA");
+            }),
+        ),
         ("garbage", "not.a.proof".to_owned()),
     ];
     for (what, p) in defects {
         let r = call(p, "DPoP").await;
         assert_eq!(r.status, 401, "{what}");
-        assert!(www(&r).contains("error=\"invalid_dpop_proof\""), "{what}: {}", www(&r));
+        assert!(
+            www(&r).contains("error=\"invalid_dpop_proof\""),
+            "{what}: {}",
+            www(&r)
+        );
     }
     // A proof by another key: the token's binding fails → invalid_token.
     let r = call(proof(&other, "GET", &htu, now, Some(&t), |_, _| {}), "DPoP").await;
@@ -77,7 +141,11 @@ async fn g12_dpop_misuse_at_the_gateway() {
     let r = call(proof(&key, "GET", &htu, now, Some(&t), |_, _| {}), "Bearer").await;
     assert_eq!(r.status, 401);
     assert!(www(&r).contains("invalid_token"));
-    assert_eq!(s.upstream.count(), 1, "only the one good call reached upstream");
+    assert_eq!(
+        s.upstream.count(),
+        1,
+        "only the one good call reached upstream"
+    );
     // A second gateway behind the same htu would need a shared replay cache: not built (one
     // gateway per htu, or DPoP nonces); see the issue notes.
 }
@@ -92,9 +160,19 @@ async fn require_dpop_route_refuses_bearer_tokens() {
     .await;
     let t = s.h.token(TOOLS, None).await;
     let r = s.get("/strict/a", &t).await;
-    assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("dpop_required")));
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("dpop_required"))
+    );
     assert!(www(&r).starts_with("DPoP"), "{}", www(&r));
-    let r = s.send("GET", "/.well-known/oauth-protected-resource/strict", &[], "").await;
+    let r = s
+        .send(
+            "GET",
+            "/.well-known/oauth-protected-resource/strict",
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(r.json()["dpop_bound_access_tokens_required"], true);
     // Bearer is still fine where the route does not require DPoP.
     assert_eq!(s.get("/tools/a", &t).await.status, 200);
@@ -108,7 +186,13 @@ async fn f7_key_rotation_under_load_causes_no_verification_failure() {
     let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut workers = Vec::new();
     for _ in 0..16 {
-        let (s, fresh, stop, ok, refused) = (s.clone(), fresh.clone(), stop.clone(), ok.clone(), refused.clone());
+        let (s, fresh, stop, ok, refused) = (
+            s.clone(),
+            fresh.clone(),
+            stop.clone(),
+            ok.clone(),
+            refused.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let t = fresh.read().await.clone();
@@ -142,15 +226,32 @@ async fn f7_key_rotation_under_load_causes_no_verification_failure() {
         w.abort();
     }
     kids.dedup();
-    assert_eq!(kids.len(), 3, "each rotation signs with a new key: {kids:?}");
-    assert!(ok.load(Ordering::Relaxed) > 50, "too little load: {}", ok.load(Ordering::Relaxed));
-    assert_eq!(refused.load(Ordering::Relaxed), 0, "verification failures during rotation");
+    assert_eq!(
+        kids.len(),
+        3,
+        "each rotation signs with a new key: {kids:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "verification failures during rotation"
+    );
     let _ = s.h.clock.now();
 }
 
 fn claims_kid(jwt: &str) -> String {
     use base64::Engine as _;
     let h = jwt.split('.').next().unwrap();
-    let v: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .unwrap(),
+    )
+    .unwrap();
     v["kid"].as_str().unwrap().to_owned()
 }

@@ -257,6 +257,25 @@ impl Pdp {
         &self.schema_text
     }
 
+    /// Whether the policy `@id("<id>")` scopes its resource as exactly `resource == <this
+    /// resource>`: not `in`, not `is`, not unscoped. An enforcement point uses it to tell a
+    /// permit that names one destination from a broad one, e.g. the egress proxy admits a
+    /// private address only under a permit that names `Host::"<ip>:<port>"` itself. The host
+    /// is normalised as [`Resource::Host`] says, so a spelling cannot match or dodge it.
+    #[must_use]
+    pub fn names_resource(&self, id: &str, resource: Resource<'_>) -> bool {
+        let t = &self.types;
+        let uid = match resource {
+            Resource::Target(target) => Types::uid(&t.target, target),
+            Resource::Agent(agent) => Types::uid(&t.agent, agent),
+            Resource::Tool { target, tool } => Types::uid(&t.tool, &format!("{target}/{tool}")),
+            Resource::Host { host, port } => Types::uid(&t.host, &host_id(host, port)),
+        };
+        self.policies.iter().any(|p| {
+            p.id == id && matches!(&p.resource, ResourceConstraint::Eq(scoped) if *scoped == uid)
+        })
+    }
+
     /// One decision, evaluating only the policies whose scope can match.
     ///
     /// - No permit matches → `Deny` with code `no_matching_permit`.
@@ -709,6 +728,25 @@ mod tests {
                 .collect(),
             approvers: vec![],
         }
+    }
+
+    #[test]
+    fn names_resource_only_for_an_exact_resource_scope() {
+        let text = "@id(\"exact\") permit(principal, action == Action::\"egress_connect\", resource == Host::\"127.0.0.1:9000\");\n\
+                    @id(\"broad\") permit(principal, action == Action::\"egress_connect\", resource);\n\
+                    @id(\"typed\") permit(principal, action == Action::\"egress_connect\", resource is Host);\n";
+        let pdp =
+            Pdp::from_sources(&[("p.cedar".into(), text.into())], None, &inventory(1)).unwrap();
+        let host = |h| Resource::Host {
+            host: h,
+            port: 9000,
+        };
+        assert!(pdp.names_resource("exact", host("127.0.0.1")));
+        assert!(pdp.names_resource("exact", host("[::ffff:127.0.0.1]")));
+        assert!(!pdp.names_resource("exact", host("127.0.0.2")));
+        assert!(!pdp.names_resource("broad", host("127.0.0.1")));
+        assert!(!pdp.names_resource("typed", host("127.0.0.1")));
+        assert!(!pdp.names_resource("missing", host("127.0.0.1")));
     }
 
     #[test]

@@ -382,6 +382,9 @@ fn check(path: &Path, out: Output) -> Result<(), CliError> {
     if let Some(t) = cfg.gateway.clone() {
         crate::gateway_cmd::gateway_config(t, path)?;
     }
+    if let Some(t) = cfg.egress.clone() {
+        crate::gateway_cmd::egress_config(t, path)?;
+    }
     // The policies too: generated from grants plus the [policy] dir, validated against the schema.
     let pdp =
         firebreak_server::decider::load_pdp(&cfg).map_err(|e| policy_config_error(&cfg, &e))?;
@@ -478,6 +481,19 @@ async fn serve(path: &Path) -> Result<(), CliError> {
         .clone()
         .map(|t| crate::gateway_cmd::gateway_config(t, path))
         .transpose()?;
+    let egress = cfg
+        .egress
+        .clone()
+        .map(|t| crate::gateway_cmd::egress_config(t, path))
+        .transpose()?;
+    if egress.is_some() && gateway.is_none() {
+        return Err(CliError::Config(ConfigError {
+            file: path.to_owned(),
+            line: None,
+            rule: "egress".into(),
+            reason: "[egress] uses [gateway]'s broker and client settings; add [gateway]".into(),
+        }));
+    }
     let clock: Arc<dyn firebreak_core::Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg, Arc::clone(&clock)).await?;
     let listen = cfg.server.listen;
@@ -525,7 +541,7 @@ async fn serve(path: &Path) -> Result<(), CliError> {
     let gw_task = match gateway {
         Some(g) => {
             let mut rx = stop_rx.clone();
-            let (_gw, task) = crate::gateway_cmd::start(
+            let (gw, task) = crate::gateway_cmd::start(
                 g,
                 Arc::clone(&store_for_gateway),
                 firebreak_store::BROKER_CHAIN.to_owned(),
@@ -535,6 +551,19 @@ async fn serve(path: &Path) -> Result<(), CliError> {
                 },
             )
             .await?;
+            if let Some((listen, ecfg)) = egress {
+                let mut rx = stop_rx.clone();
+                crate::gateway_cmd::start_egress(
+                    listen,
+                    ecfg,
+                    Arc::clone(gw.enforcer()),
+                    Arc::clone(&store_for_gateway),
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                )
+                .await?;
+            }
             Some(task)
         }
         None => None,

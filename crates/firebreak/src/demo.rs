@@ -23,8 +23,10 @@ use serde_json::{Value, json};
 use crate::cli::Output;
 use crate::client::{Client, Reply};
 use crate::commands::{CliError, open_store};
+use crate::demo_tools;
 
 const TOOL_AUDIENCE: &str = "https://gw.acme.example/mcp/github";
+const EGRESS_AUDIENCE: &str = "https://egress.acme.example/";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
@@ -137,7 +139,16 @@ tenant = "acme"
 environment = "production"
 tier = "write"
 identity = {{ issuer = "demo-github", claims = {{ repository = "acme/api", repository_id = "123456", ref = "refs/heads/main", environment = "production" }}, events = ["push", "workflow_dispatch"] }}
-grants = [{{ target = "github-tools", scopes = ["repo:read", "repo:write"] }}]
+grants = [{{ target = "github-tools", scopes = ["repo:read", "repo:write"] }}, {{ target = "egress", scopes = [] }}]
+
+[[target]]
+id = "egress"
+audience = "{EGRESS_AUDIENCE}"
+kind = "egress"
+tenant = "acme"
+environment = "production"
+tier = "write"
+max_ttl = "10m"
 
 [[target]]
 id = "github-tools"
@@ -280,6 +291,22 @@ pub async fn run(keep: bool, out: Output) -> Result<(), CliError> {
     std::fs::create_dir_all(&policy_dir).map_err(|e| fail("policy dir", e))?;
     std::fs::write(policy_dir.join("demo.cedar"), DEMO_POLICIES)
         .map_err(|e| fail("policies", e))?;
+    // Two local "internet" hosts for the egress step: one the policy names, one it does not.
+    let allowed_host = demo_tools::start_tcp_banner("allowed")
+        .await
+        .map_err(|e| fail("start egress hosts", e))?;
+    let other_host = demo_tools::start_tcp_banner("not allowed")
+        .await
+        .map_err(|e| fail("start egress hosts", e))?;
+    // A loopback address is internal: the egress proxy opens it only for a policy that names it
+    // exactly (`resource == Host::"127.0.0.1:<port>"`).
+    std::fs::write(
+        policy_dir.join("egress.cedar"),
+        format!(
+            "@id(\"demo-egress-allowed-host\")\npermit(principal == Agent::\"deploy-bot\", action == Action::\"egress_connect\", resource == Host::\"{allowed_host}\");\n"
+        ),
+    )
+    .map_err(|e| fail("policies", e))?;
     let config_text = demo_config(
         &broker_url,
         &addr.to_string(),
@@ -337,6 +364,13 @@ credential = {{ header = "Authorization", value_env = "DEMO_GITHUB_TOKEN", prefi
     let gw_cfg = firebreak_gateway::GatewayConfig::from_toml(gw_table, &env)
         .map_err(|e| fail("gateway config", e))?;
     let (gw_stop_tx, gw_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let egress_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("bind egress", e))?;
+    let egress_addr = egress_listener
+        .local_addr()
+        .map_err(|e| fail("bind egress", e))?;
+    drop(egress_listener);
     let (gateway, gw_task) = crate::gateway_cmd::start(
         gw_cfg,
         Arc::clone(&store_for_gateway),
@@ -344,6 +378,17 @@ credential = {{ header = "Authorization", value_env = "DEMO_GITHUB_TOKEN", prefi
         Arc::new(SystemClock),
         async {
             let _ = gw_stop_rx.await;
+        },
+    )
+    .await?;
+    let (eg_stop_tx, eg_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let egress_task = crate::gateway_cmd::start_egress(
+        egress_addr,
+        firebreak_egress::EgressConfig::new("egress"),
+        Arc::clone(gateway.enforcer()),
+        Arc::clone(&store_for_gateway),
+        async {
+            let _ = eg_stop_rx.await;
         },
     )
     .await?;
@@ -690,6 +735,36 @@ credential = {{ header = "Authorization", value_env = "DEMO_GITHUB_TOKEN", prefi
         ),
     );
 
+    // 7c. Egress: outbound connections are tied to the agent's identity.
+    let oidc_e = issuer.mint(&broker_url, "refs/heads/main")?;
+    let r = exchange(&client, &broker_url, &oidc_e, EGRESS_AUDIENCE, None).await?;
+    let egress_token = r.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, banner) = demo_tools::connect_via(egress_addr, &allowed_host, &egress_token)
+        .await
+        .map_err(|e| fail("egress allowed", e))?;
+    if status != 200 || banner != "allowed" {
+        return Err(fail("egress allowed", format!("{status} {banner:?}")));
+    }
+    n.step(
+        "Egress: CONNECT through the identity-aware proxy to a host the policy names",
+        &format!(
+            "CONNECT {allowed_host} with Proxy-Authorization: Bearer <egress token> → 200, tunnel read {banner:?}\n(an egress_open record was durable before the proxy connected)"
+        ),
+    );
+    let (status, _) = demo_tools::connect_via(egress_addr, &other_host, &egress_token)
+        .await
+        .map_err(|e| fail("egress refused", e))?;
+    if status != 403 {
+        return Err(fail("egress refused", status));
+    }
+    n.step(
+        "Egress: CONNECT to a host the policy does not name",
+        &format!("CONNECT {other_host} → 403 (destination_not_allowed: a loopback address needs a policy naming it)"),
+    );
+
     // 8. Revoke: the agent revokes its own token with a token for the broker itself.
     let oidc3 = issuer.mint(&broker_url, "refs/heads/main")?;
     let r = exchange(&client, &broker_url, &oidc3, &broker_url, None).await?;
@@ -848,6 +923,8 @@ credential = {{ header = "Authorization", value_env = "DEMO_GITHUB_TOKEN", prefi
         );
         crate::commands::shutdown_signal().await;
     }
+    let _ = eg_stop_tx.send(());
+    let _ = egress_task.await;
     let _ = gw_stop_tx.send(());
     let _ = gw_task.await;
     let _ = stop_tx.send(());

@@ -69,3 +69,56 @@ pub async fn start() -> std::io::Result<(String, Arc<Mutex<Seen>>)> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((url, seen))
 }
+
+/// A TCP listener that writes `banner` to every connection and closes it; returns `host:port`.
+pub async fn start_tcp_banner(banner: &'static str) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = s.write_all(banner.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// `CONNECT dest` through the egress proxy with `token`; returns the proxy's status and, on
+/// 200, what the tunnel delivered.
+pub async fn connect_via(
+    proxy: std::net::SocketAddr,
+    dest: &str,
+    token: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(proxy).await?;
+        s.write_all(
+            format!(
+                "CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\nProxy-Authorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(std::time::Duration::from_secs(10), io)
+        .await
+        .map_err(|_| std::io::Error::other("egress proxy did not answer in 10 s"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

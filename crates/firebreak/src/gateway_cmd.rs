@@ -25,6 +25,51 @@ pub fn gateway_config(table: toml::Table, file: &Path) -> Result<GatewayConfig, 
     })
 }
 
+/// Checks an `[egress]` table; 78 on error.
+pub fn egress_config(
+    table: toml::Table,
+    file: &Path,
+) -> Result<(std::net::SocketAddr, firebreak_egress::EgressConfig), CliError> {
+    let err = |reason: String| {
+        CliError::Config(ConfigError {
+            file: file.to_owned(),
+            line: None,
+            rule: "egress".into(),
+            reason,
+        })
+    };
+    let section: firebreak_egress::EgressSection = table
+        .try_into()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let listen = section.listen;
+    let cfg = firebreak_egress::EgressConfig::try_from(section).map_err(|e| err(e.to_string()))?;
+    Ok((listen, cfg))
+}
+
+/// Starts the egress proxy on the gateway's enforcement core (it shares the broker link, the
+/// event stream and the policy bundle).
+pub async fn start_egress(
+    listen: std::net::SocketAddr,
+    cfg: firebreak_egress::EgressConfig,
+    enforcer: Arc<Enforcer>,
+    audit: Arc<dyn Store>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| failed(format!("bind {listen}: {e}")))?;
+    let local = listener.local_addr().map_err(failed)?;
+    tracing::info!(%local, target = cfg.target, "egress proxy listening");
+    Ok(tokio::spawn(firebreak_egress::serve(
+        listener,
+        cfg,
+        enforcer,
+        audit,
+        Arc::new(firebreak_egress::SystemResolver),
+        shutdown,
+    )))
+}
+
 /// Starts the enforcement core and the gateway listener; returns the gateway and the serve task.
 pub async fn start(
     cfg: GatewayConfig,
@@ -72,12 +117,20 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| cfg_err("file", e.to_string()))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| cfg_err("syntax", e.to_string()))?;
-    if let Some(k) = table.keys().find(|k| k.as_str() != "gateway") {
+    if let Some(k) = table
+        .keys()
+        .find(|k| k.as_str() != "gateway" && k.as_str() != "egress")
+    {
         return Err(cfg_err(
             k,
-            "a standalone gateway config holds only [gateway]".into(),
+            "a standalone gateway config holds only [gateway] and [egress]".into(),
         ));
     }
+    let egress = match table.remove("egress") {
+        Some(toml::Value::Table(t)) => Some(egress_config(t, path)?),
+        Some(_) => return Err(cfg_err("egress", "must be a table".into())),
+        None => None,
+    };
     let Some(toml::Value::Table(section)) = table.remove("gateway") else {
         return Err(cfg_err("gateway", "no [gateway] table".into()));
     };
@@ -101,6 +154,24 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&data_dir.join("gateway.db"), settings).map_err(failed)?);
     let chain = cfg.client_id.clone();
-    let (_gw, task) = start(cfg, store, chain, clock, crate::commands::shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (gw, task) = start(cfg, Arc::clone(&store), chain, clock, stopped()).await?;
+    let egress_task = match egress {
+        Some((listen, ecfg)) => {
+            Some(start_egress(listen, ecfg, Arc::clone(gw.enforcer()), store, stopped()).await?)
+        }
+        None => None,
+    };
+    crate::commands::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = egress_task {
+        let _ = t.await;
+    }
     task.await.map_err(failed)?.map_err(failed)
 }

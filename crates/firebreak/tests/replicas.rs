@@ -63,7 +63,7 @@ url = "{store_url}"
 {store_extra}
 
 [audit]
-write_deadline = "2s"
+write_deadline = "1s"
 checkpoint_every = 100
 checkpoint_interval = "500ms"
 
@@ -745,6 +745,20 @@ async fn f4_postgres_outage_errors_then_recovers_without_restart() {
             "{} not ready after recovery",
             r.name
         );
+    }
+    // Each replica is back to its writer, its listener and at most `pool_size` (4) pooled
+    // connections: nothing leaked and nothing stayed closed.
+    let rows = common::pg_exec(&format!(
+        "SELECT application_name, count(*) FROM pg_stat_activity \
+         WHERE application_name LIKE '%_{}' GROUP BY 1 ORDER BY 1",
+        c.schema.name
+    ))
+    .unwrap();
+    println!("F4: connections after recovery: {rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        let n: usize = row[1].as_deref().unwrap().parse().unwrap();
+        assert!((2..=6).contains(&n), "{row:?}");
     }
     let out = audit_verify(&c.replicas[0].config);
     assert_eq!(
