@@ -1061,15 +1061,19 @@ async fn unresolvable_name_is_502_and_a_closed_port_is_502_after_egress_open() {
 #[tokio::test]
 async fn audit_not_durable_in_time_is_503_and_nothing_connects() {
     let dest = Dest::start("127.0.0.1", 0, true).await;
-    let mut c = cfg();
-    // Nothing is durable within no time at all: the writer thread has to commit first.
-    c.audit_deadline = Duration::ZERO;
     let env = start(
         &permit("egress-local", &format!("127.0.0.1:{}", dest.port())),
-        c,
+        cfg(),
     )
     .await;
     let token = env.h.token(EGRESS, None).await;
+    // The audit table refuses every insert from now on (a full disk, a broken volume).
+    let db = rusqlite::Connection::open(env.h.dir.path().join("data/firebreak.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER fb_fail BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
     let a = connect(
         env.proxy,
         &format!("127.0.0.1:{}", dest.port()),

@@ -290,7 +290,7 @@ impl GatewayConfig {
         if routes.is_empty() {
             return Err(bad("route", "no [[gateway.route]]"));
         }
-        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         if raw.stale_after.as_millis() == 0 {
             return Err(bad("stale_after", "must be positive"));
         }

@@ -366,6 +366,10 @@ impl Gateway {
     }
 
     /// Appends the request's record; `Err` when it is not durable within the deadline.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flat call per decision point reads better than a builder used once each"
+    )]
     async fn record(
         &self,
         s: &Subject<'_>,
