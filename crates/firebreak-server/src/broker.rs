@@ -380,9 +380,11 @@ impl Broker {
     /// Periodic upkeep: retire keys whose tokens have all expired, forget expired replay guards.
     pub async fn maintain(&self) -> Result<(), BrokerError> {
         let now = self.clock.now();
-        if !self.store.retire_due_keys(now).await?.is_empty() {
-            self.reload_keys().await?;
-        }
+        self.store.retire_due_keys(now).await?;
+        // Another replica may have rotated (shared PostgreSQL): reload on every tick. A new
+        // `next` is used only after the JWKS max-age (60 s), longer than this 30 s tick, so every
+        // replica publishes it before any replica signs with it.
+        self.reload_keys().await?;
         self.store.purge_replay(now).await?;
         self.maintain_grants().await
     }

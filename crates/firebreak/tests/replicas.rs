@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::{PgSchema, Server, free_port, serve_with_env, wait_for_local};
 use firebreak_server::form::encode_pairs;
@@ -627,14 +629,12 @@ async fn f4_postgres_outage_errors_then_recovers_without_restart() {
         tasks.push(tokio::spawn(async move {
             let http = HttpClient::default();
             let mut out: Vec<Outcome> = Vec::new();
-            let mut i = w;
             // Bounded: at most 3,000 requests per client, and the stop flag ends it sooner.
-            for _ in 0..3000 {
+            for i in w..w + 3000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let which = i % urls.len();
-                i += 1;
                 let r = exchange(&http, &urls[which], &subject(&issuer)).await;
                 let jti = (r.status == 200).then(|| {
                     claims(&access_token(&r))["jti"]
