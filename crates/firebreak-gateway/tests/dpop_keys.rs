@@ -222,9 +222,18 @@ async fn f7_key_rotation_under_load_causes_no_verification_failure() {
         let t = s.h.token(TOOLS, None).await;
         kids.push(claims_kid(&t));
         *fresh.write().await = t;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The clock jump makes the feed look stale until the next heartbeat; then wait until
+        // the new key's token has carried real load (bounded, however slow the machine).
+        let before = ok.load(Ordering::Relaxed);
+        let start = tokio::time::Instant::now();
+        while ok.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "no load got through after a rotation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.notify_waiters();
     for w in workers {
         w.abort();
