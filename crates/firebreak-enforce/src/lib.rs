@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use firebreak_core::{Clock, Reason, UnixTime};
+use firebreak_core::{Clock, Reason};
 use firebreak_policy::{
     Action, Context, Decision, Inventory, Pdp, Principal, Request, Resource, SessionCtx,
 };
@@ -537,9 +537,4 @@ pub fn denial_reason(d: &Decision) -> Reason {
         (_, None) if !d.reasons().is_empty() => Reason::ForbiddenByPolicy,
         _ => Reason::NoMatchingPermit,
     }
-}
-
-/// Unix time now, from the enforcer's clock (helper for callers building records).
-pub fn now(e: &Enforcer) -> UnixTime {
-    e.clock.now()
 }
