@@ -91,6 +91,9 @@ pub enum Reason {
     DestinationNotAllowed,
     /// The agent already holds as many egress connections as it may.
     ConnectionLimit,
+    /// This enforcement point's clock differs from the broker's (as its heartbeats tell) by
+    /// more than the leeway; nothing is decided until it is back within.
+    ClockSkew,
 }
 
 impl Reason {
@@ -138,6 +141,7 @@ impl Reason {
             Self::DpopReplayCacheFull => "dpop_replay_cache_full",
             Self::DestinationNotAllowed => "destination_not_allowed",
             Self::ConnectionLimit => "connection_limit",
+            Self::ClockSkew => "clock_skew",
         }
     }
 }

@@ -128,6 +128,7 @@ impl EgressError {
             E::NotReady => a(503, Reason::EventStreamStale),
             E::TargetUnknown => a(503, Reason::AudienceNotRegistered),
             E::Refused(Refusal::Stale) => a(503, Reason::EventStreamStale),
+            E::Refused(Refusal::ClockSkew) => a(503, Reason::ClockSkew),
             E::Refused(Refusal::Revoked(_)) => challenge(Reason::Revoked, CHALLENGE_INVALID),
             E::ConnectionLimit => a(429, Reason::ConnectionLimit),
             E::Destination(_) => a(403, Reason::DestinationNotAllowed),

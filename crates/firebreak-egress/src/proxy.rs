@@ -307,6 +307,8 @@ impl Proxy {
         if token.is_empty() {
             return Err(EgressError::NoToken);
         }
+        // F8: on a clock this far off the broker's, every time check below would be wrong.
+        self.enforcer.check_clock().map_err(EgressError::Refused)?;
         let tokens = self.enforcer.tokens().ok_or(EgressError::NotReady)?;
         let bundle = self.enforcer.bundle().ok_or(EgressError::NotReady)?;
         let audience = bundle

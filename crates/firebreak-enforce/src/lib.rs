@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use firebreak_core::{Clock, Reason};
+use firebreak_core::{Clock, Reason, UnixTime};
 use firebreak_policy::{
     Action, Context, Decision, Inventory, Pdp, Principal, Request, Resource, SessionCtx,
 };
@@ -96,6 +96,8 @@ pub enum Refusal {
     Stale,
     /// The identity was revoked.
     Revoked(Revoked),
+    /// The local clock is off the broker's by more than the leeway (F8): fail closed.
+    ClockSkew,
 }
 
 impl Refusal {
@@ -104,9 +106,36 @@ impl Refusal {
         match self {
             Refusal::Stale => Reason::EventStreamStale,
             Refusal::Revoked(_) => Reason::Revoked,
+            Refusal::ClockSkew => Reason::ClockSkew,
         }
     }
 }
+
+/// The broker's time as this process estimates it: the local clock minus the skew measured
+/// against the `time` of the broker's heartbeats (F8). Tokens, elevations, revocation ends and
+/// audit records all carry the broker's time, so they are judged on it: a gateway whose clock
+/// is 30 s slow still refuses a token at `exp` + leeway, not 30 s later.
+///
+/// INVARIANT (skew-bounded): the correction is at most the leeway; a larger skew is not
+/// corrected but refused ([`Refusal::ClockSkew`]), because a clock that far off is broken, and
+/// trusting the broker's time blindly would let a delayed feed move our notion of "now".
+#[derive(Debug)]
+pub struct BrokerTime {
+    local: Arc<dyn Clock>,
+    /// Local minus broker, in ms, as last applied.
+    skew_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock for BrokerTime {
+    fn now(&self) -> UnixTime {
+        let skew = self.skew_ms.load(std::sync::atomic::Ordering::Relaxed);
+        UnixTime::from_millis(self.local.now().as_millis().saturating_sub(skew))
+    }
+}
+
+/// A skew change smaller than this is not applied, so network jitter between heartbeats never
+/// moves the estimated broker time back and forth.
+const SKEW_HYSTERESIS_MS: i64 = 1_000;
 
 /// The shared enforcement core. One per process; cheap to share behind `Arc`.
 pub struct Enforcer {
@@ -114,7 +143,13 @@ pub struct Enforcer {
     stale_after: Duration,
     leeway_secs: i64,
     danger_allow_http: bool,
+    /// The local clock: heartbeat arrival and freshness are measured on it alone.
+    local: Arc<dyn Clock>,
+    /// The broker's time (a [`BrokerTime`] over `local`): every decision uses it.
     clock: Arc<dyn Clock>,
+    broker_time: Arc<BrokerTime>,
+    /// Local minus broker as last measured (ms); `None` before the first heartbeat.
+    measured_skew_ms: std::sync::Mutex<Option<i64>>,
     state: RwLock<FeedState>,
     bundle: RwLock<Option<Arc<Bundle>>>,
     tokens: std::sync::OnceLock<TokenVerifier>,
@@ -147,12 +182,19 @@ impl Enforcer {
             &cfg.client_secret,
             cfg.danger_allow_http,
         )?;
+        let broker_time = Arc::new(BrokerTime {
+            local: Arc::clone(&clock),
+            skew_ms: std::sync::atomic::AtomicI64::new(0),
+        });
         let e = Arc::new(Self {
             link,
             stale_after: cfg.stale_after,
             leeway_secs: cfg.leeway_secs,
             danger_allow_http: cfg.danger_allow_http,
-            clock,
+            local: clock,
+            clock: Arc::clone(&broker_time) as Arc<dyn Clock>,
+            broker_time,
+            measured_skew_ms: std::sync::Mutex::new(None),
             state: RwLock::new(FeedState::default()),
             bundle: RwLock::new(None),
             tokens: std::sync::OnceLock::new(),
@@ -170,7 +212,7 @@ impl Enforcer {
         &self.link
     }
 
-    /// The clock decisions use.
+    /// The clock decisions use: the broker's time (see [`BrokerTime`]).
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
@@ -195,14 +237,86 @@ impl Enforcer {
         self.beats.subscribe()
     }
 
-    /// Ready = a bundle is loaded and the feed is fresh.
+    /// Ready = a bundle is loaded, the feed is fresh and the clock agrees with the broker's.
     pub fn ready(&self) -> bool {
-        self.bundle().is_some() && self.fresh()
+        self.bundle().is_some() && self.fresh() && !self.skewed()
     }
 
     fn fresh(&self) -> bool {
         let ms = i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
-        self.state().fresh(self.clock.now(), ms)
+        self.state().fresh(self.local.now(), ms)
+    }
+
+    /// Local minus broker time (ms) as the last heartbeat measured it.
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        *self
+            .measured_skew_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses while the clock is off the broker's beyond the leeway (F8). Callers check this
+    /// before verifying a token: on a clock that far off, every time check would be wrong.
+    ///
+    /// # Errors
+    /// [`Refusal::ClockSkew`].
+    pub fn check_clock(&self) -> Result<(), Refusal> {
+        if self.skewed() {
+            Err(Refusal::ClockSkew)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the measured skew is beyond the leeway (F8).
+    fn skewed(&self) -> bool {
+        self.clock_skew_ms().is_some_and(|s| {
+            s.unsigned_abs() > self.leeway_secs.unsigned_abs().saturating_mul(1000)
+        })
+    }
+
+    /// Records the skew a heartbeat or snapshot shows (`time`: the broker's Unix seconds, with
+    /// milliseconds) and corrects the broker-time clock within the leeway.
+    fn observe_broker_time(&self, d: &serde_json::Map<String, Value>, local: UnixTime) {
+        let Some(t) = d
+            .get("time")
+            .and_then(Value::as_f64)
+            .filter(|t| t.is_finite())
+        else {
+            return;
+        };
+        // f64 seconds with ms precision; far-off values saturate instead of wrapping.
+        let broker_ms = (t * 1000.0).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64;
+        let skew = local.as_millis().saturating_sub(broker_ms);
+        let was_skewed = self.skewed();
+        *self
+            .measured_skew_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(skew);
+        let limit = self.leeway_secs.saturating_mul(1000);
+        if self.skewed() {
+            if !was_skewed {
+                tracing::warn!(
+                    skew_ms = skew,
+                    leeway_secs = self.leeway_secs,
+                    "clock differs from the broker's beyond the leeway; refusing until it agrees"
+                );
+            }
+            return;
+        }
+        if was_skewed {
+            tracing::info!(skew_ms = skew, "clock agrees with the broker's again");
+        }
+        let applied = self
+            .broker_time
+            .skew_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if skew.saturating_sub(applied).abs() >= SKEW_HYSTERESIS_MS {
+            self.broker_time.skew_ms.store(
+                skew.clamp(-limit, limit),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     /// The token verifier (present once the first bundle named the issuer).
@@ -218,9 +332,12 @@ impl Enforcer {
         let bundle = self.bundle().ok_or(Refusal::Stale)?;
         let now_s = self.clock.now().as_secs();
         let ms = i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
+        if self.skewed() {
+            return Err(Refusal::ClockSkew);
+        }
         let s = self.state();
         // INVARIANT (fail-closed-when-stale): see state.rs.
-        if !s.fresh(self.clock.now(), ms) {
+        if !s.fresh(self.local.now(), ms) {
             return Err(Refusal::Stale);
         }
         match s.revoked(v.session.as_deref(), &v.agent, &v.jti, &v.kid, now_s) {
@@ -315,6 +432,22 @@ impl Enforcer {
         }
     }
 
+    /// Claims a DPoP proof (its key's thumbprint and `jti`, until `until` Unix seconds) at the
+    /// broker, where every gateway on that broker claims too (G12): `true` the first time.
+    ///
+    /// # Errors
+    /// `Broker` when the broker is unreachable or answers otherwise.
+    pub async fn claim_dpop(&self, jkt: &str, jti: &str, until: i64) -> Result<bool, EnforceError> {
+        let body = serde_json::json!({ "jkt": jkt, "jti": jti, "until": until });
+        let v = self
+            .link
+            .json(Method::POST, "/v1/dpop/claims", Some(&body))
+            .await?;
+        v.get("fresh")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| EnforceError::Broker("/v1/dpop/claims: no \"fresh\"".into()))
+    }
+
     /// Consumes a single-use elevation at the broker before the action it allows.
     ///
     /// # Errors
@@ -357,6 +490,14 @@ impl Enforcer {
             "firebreak_event_stream_fresh {}\n",
             u8::from(self.fresh())
         ));
+        if let Some(skew) = self.clock_skew_ms() {
+            out.push_str("# HELP firebreak_clock_skew_seconds Local clock minus the broker's, from its heartbeats.\n");
+            out.push_str("# TYPE firebreak_clock_skew_seconds gauge\n");
+            out.push_str(&format!(
+                "firebreak_clock_skew_seconds {:.3}\n",
+                skew as f64 / 1000.0
+            ));
+        }
         let s = self.state();
         out.push_str("# TYPE firebreak_revoked_entries gauge\n");
         out.push_str(&format!("firebreak_revoked_entries {}\n", s.revoked_len()));
@@ -370,6 +511,11 @@ impl Enforcer {
             tracing::warn!(event, "event stream: data is not a JSON object; ignored");
             return;
         };
+        // Heartbeat arrival is local time (freshness); broker-stamped ends are broker time.
+        let local = self.local.now();
+        if event == "heartbeat" || event == "snapshot" {
+            self.observe_broker_time(&d, local);
+        }
         let now = self.clock.now();
         let announced = {
             let mut s = self
@@ -377,8 +523,8 @@ impl Enforcer {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match event {
-                "snapshot" => s.apply_snapshot(&d, now),
-                "heartbeat" => s.last_beat = Some(now),
+                "snapshot" => s.apply_snapshot(&d, local),
+                "heartbeat" => s.last_beat = Some(local),
                 kind => {
                     s.apply(kind, &d);
                     if let Some(seq) = id.and_then(|i| i.parse::<u64>().ok()) {

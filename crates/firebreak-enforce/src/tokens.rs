@@ -256,6 +256,11 @@ impl TokenVerifier {
         })
     }
 
+    /// How many fetches of the broker's JWKS were started (T07: unknown kids must not amplify).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks.fetch_count()
+    }
+
     /// Number of cached verifications (for metrics and tests).
     pub fn cached(&self) -> usize {
         self.cache

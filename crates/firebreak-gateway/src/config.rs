@@ -157,7 +157,7 @@ pub struct GatewayConfig {
     pub allowed_origins: HashSet<String>,
     /// Accepted `Host`s (lower-case).
     pub allowed_hosts: HashSet<String>,
-    /// Largest MCP request body.
+    /// Largest request body (HTTP and MCP routes; bodies are read whole before forwarding).
     pub max_body_bytes: usize,
     /// Upstream connect timeout.
     pub upstream_connect_timeout: ConfigDuration,

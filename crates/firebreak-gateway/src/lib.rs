@@ -85,6 +85,8 @@ pub struct Gateway {
     chain: String,
     upstream: Upstream,
     dpop_replay: Mutex<DpopReplayCache>,
+    /// Where proofs that passed the local cache are claimed for every gateway (G12).
+    shared_replay: SharedReplay,
     counters: Mutex<Counters>,
 }
 
@@ -103,12 +105,65 @@ enum Scheme {
     DPoP,
 }
 
+/// Where a DPoP proof is claimed after the node-local replay cache let it pass.
+///
+/// INVARIANT (one-proof-one-use-everywhere): a DPoP-bound request is forwarded only after its
+/// proof's (jkt, jti) was claimed in the broker's store, which every gateway on that broker
+/// shares, so a proof replayed at a second gateway behind the same `htu` is refused (G12). The
+/// local cache only saves the round trip for replays at this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SharedReplay {
+    /// The gateway's store is the broker's: claim in it directly.
+    Store,
+    /// A standalone gateway: claim through `POST /v1/dpop/claims`.
+    Broker,
+}
+
+/// A proof that passed the local checks and still has to be claimed for every gateway.
+struct ProofClaim {
+    jkt: String,
+    jti: String,
+    until: i64,
+}
+
 /// A refusal on the wire.
 struct Refuse {
     status: StatusCode,
     reason: Reason,
     /// `WWW-Authenticate` challenge, for 401.
     challenge: Option<String>,
+    /// Close the connection after answering (a request whose framing is in doubt).
+    close: bool,
+}
+
+/// G03 (RFC 9112 §6.1, §6.3): hyper parses the framing and refuses most malformed forms itself
+/// (a space before the colon, obs-fold, differing `Content-Length`s, a final coding that is not
+/// `chunked`, a bad chunk size). `Transfer-Encoding` with `Content-Length` it reads as chunked,
+/// drops the length and closes the connection after answering, as §6.1 allows. What it
+/// tolerates but another parser might read differently is refused here: a `Transfer-Encoding`
+/// other than exactly one `chunked` line, and a `Content-Length` that is listed ("0, 0") or
+/// still repeated; a TE with a CL is refused too should hyper ever pass one through. The answer
+/// closes the connection, so no bytes after this request are ever read as another request.
+fn check_framing(headers: &HeaderMap) -> Result<(), Refuse> {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cls: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let cl = cls.len();
+    // hyper accepts a list of equal values ("5, 5"); one plain number is the only form taken.
+    let cl_ok = cls
+        .iter()
+        .all(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
+    let te_ok = match te.as_slice() {
+        [] => true,
+        [one] => one.as_bytes().eq_ignore_ascii_case(b"chunked") && cl == 0,
+        _ => false,
+    };
+    if te_ok && cl_ok && cl <= 1 {
+        return Ok(());
+    }
+    Err(Refuse {
+        close: true,
+        ..Refuse::new(StatusCode::BAD_REQUEST, Reason::MalformedRequest)
+    })
 }
 
 fn problem(status: StatusCode, reason: Reason) -> Response {
@@ -138,10 +193,15 @@ impl Refuse {
             status,
             reason,
             challenge: None,
+            close: false,
         }
     }
     fn into_response(self) -> Response {
         let mut r = problem(self.status, self.reason);
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
@@ -185,11 +245,19 @@ impl Gateway {
         let upstream = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);
+        // Inside `serve` the store is the broker's own (shared by its replicas on PostgreSQL);
+        // a standalone gateway's store is its private file, so it claims at the broker.
+        let shared_replay = if chain == firebreak_store::BROKER_CHAIN {
+            SharedReplay::Store
+        } else {
+            SharedReplay::Broker
+        };
         Arc::new(Self {
             cfg,
             enforcer,
             audit,
             chain,
+            shared_replay,
             upstream,
             dpop_replay: Mutex::new(DpopReplayCache::new(65_536)),
             counters: Mutex::new(Counters::default()),
@@ -239,6 +307,7 @@ impl Gateway {
             status: StatusCode::UNAUTHORIZED,
             reason,
             challenge: Some(c),
+            close: false,
         }
     }
 
@@ -247,6 +316,7 @@ impl Gateway {
             status: StatusCode::UNAUTHORIZED,
             reason,
             challenge: Some(format!("DPoP error=\"{error}\", algs=\"ES256 EdDSA\"")),
+            close: false,
         }
     }
 
@@ -318,7 +388,7 @@ impl Gateway {
         token: &str,
         v: &Verified,
         route: &Route,
-    ) -> Result<bool, Refuse> {
+    ) -> Result<Option<ProofClaim>, Refuse> {
         let jkt = match (&v.jkt, scheme) {
             (Some(j), Scheme::DPoP) => j,
             // The Bearer downgrade of a bound token, and DPoP with an unbound one: both are the
@@ -329,7 +399,7 @@ impl Gateway {
             (None, Scheme::Bearer) if route.require_dpop => {
                 return Err(self.dpop_challenge("invalid_token", Reason::DpopRequired));
             }
-            (None, Scheme::Bearer) => return Ok(false),
+            (None, Scheme::Bearer) => return Ok(None),
         };
         let mut proofs = parts.headers.get_all("dpop").iter();
         let proof = match (proofs.next(), proofs.next()) {
@@ -362,7 +432,50 @@ impl Gateway {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .check_and_insert(&p, &expect)
             .map_err(|_| self.dpop_challenge("invalid_dpop_proof", Reason::InvalidDpopProof))?;
-        Ok(true)
+        let until = i64::try_from(p.iat.saturating_add(DPOP_MAX_AGE).saturating_add(60))
+            .unwrap_or(i64::MAX);
+        Ok(Some(ProofClaim {
+            jkt: p.jkt,
+            jti: p.jti,
+            until,
+        }))
+    }
+
+    /// Claims a proof for every gateway (INVARIANT (one-proof-one-use-everywhere)). A replay is
+    /// the proof's defect (401 `invalid_dpop_proof`); an unreachable store or broker is ours,
+    /// and fails closed (503).
+    async fn claim_proof(&self, c: &ProofClaim) -> Result<(), Refuse> {
+        let unavailable = || Refuse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::StoreUnavailable);
+        let fresh = match self.shared_replay {
+            SharedReplay::Store => {
+                let key = firebreak_token::dpop_claim_key(&c.jkt, &c.jti);
+                self.audit
+                    .claim_once(
+                        firebreak_token::DPOP_CLAIM_SCOPE,
+                        &key,
+                        firebreak_core::UnixTime::from_secs(c.until),
+                        self.now(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "DPoP proof claim failed");
+                        unavailable()
+                    })?
+            }
+            SharedReplay::Broker => self
+                .enforcer
+                .claim_dpop(&c.jkt, &c.jti, c.until)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "DPoP proof claim at the broker failed");
+                    unavailable()
+                })?,
+        };
+        if fresh {
+            Ok(())
+        } else {
+            Err(self.dpop_challenge("invalid_dpop_proof", Reason::InvalidDpopProof))
+        }
     }
 
     /// Appends the request's record; `Err` when it is not durable within the deadline.
@@ -451,6 +564,7 @@ impl Gateway {
 
     async fn handle_inner(self: &Arc<Self>, req: Request<Body>) -> Result<Response, Refuse> {
         let (parts, body) = req.into_parts();
+        check_framing(&parts.headers)?;
         self.check_origin(&parts.headers)?;
         let raw_path = parts.uri.path().to_owned();
         let route = self
@@ -474,6 +588,9 @@ impl Gateway {
             .get(&route.target)
             .cloned()
             .ok_or_else(stale)?;
+        self.enforcer
+            .check_clock()
+            .map_err(|_| Refuse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::ClockSkew))?;
         let (scheme, token) = self.credentials(&parts.headers, &route)?;
         let tokens = self.enforcer.tokens().ok_or_else(stale)?;
         let v = tokens
@@ -495,11 +612,19 @@ impl Gateway {
         if v.tenant != target.tenant || v.env != target.environment {
             return Err(Refuse::new(StatusCode::FORBIDDEN, Reason::CrossEnvironment));
         }
-        let dpop_bound = self.check_dpop(&parts, scheme, token, &v, &route)?;
+        let proof = self.check_dpop(&parts, scheme, token, &v, &route)?;
         let bundle = self.enforcer.admit(&v).map_err(|r| match r {
             Refusal::Stale => stale(),
+            Refusal::ClockSkew => Refuse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::ClockSkew),
             Refusal::Revoked(_) => self.unauthorized(&route, Reason::Revoked, true),
         })?;
+        let dpop_bound = match &proof {
+            Some(c) => {
+                self.claim_proof(c).await?;
+                true
+            }
+            None => false,
+        };
         let request_id = format!("gw_{}", firebreak_token::random_b64url(12));
         let s = Subject {
             v: &v,
@@ -579,6 +704,8 @@ impl Gateway {
                 return Err(Refuse::new(StatusCode::FORBIDDEN, reason));
             }
         };
+        // Whole before it is recorded as allowed: a request that never arrived is not forwarded.
+        let bytes = self.read_body(body).await?;
         self.record(
             s,
             "http_request",
@@ -592,7 +719,28 @@ impl Gateway {
         .await
         .map_err(|()| Refuse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::AuditUnavailable))?;
         self.count("allow", "-");
-        self.forward(s, parts, body, norm).await
+        self.forward(s, parts, Body::from(bytes), norm).await
+    }
+
+    /// Reads a request body whole, up to `max_body_bytes` (413 beyond). Like nginx's request
+    /// buffering, this means the upstream only ever receives a request whose body arrived
+    /// completely and well framed: a bad chunk or a truncated body is a 400 here, with the
+    /// connection closed (G03), never a half-sent request upstream.
+    async fn read_body(&self, body: Body) -> Result<Bytes, Refuse> {
+        match http_body_util::Limited::new(body, self.cfg.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refuse::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::MalformedRequest,
+            )),
+            Err(_) => Err(Refuse {
+                close: true,
+                ..Refuse::new(StatusCode::BAD_REQUEST, Reason::MalformedRequest)
+            }),
+        }
     }
 
     async fn mcp(
@@ -621,18 +769,7 @@ impl Gateway {
             .map_err(|()| Refuse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::AuditUnavailable))?;
             return self.forward(s, parts, body, norm).await;
         }
-        let bytes = match http_body_util::Limited::new(body, self.cfg.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(_) => {
-                return Err(Refuse::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Reason::MalformedRequest,
-                ));
-            }
-        };
+        let bytes = self.read_body(body).await?;
         let msg = match mcp::parse(&bytes) {
             Ok(m) => m,
             Err(mcp::Refused::Batch) => {
@@ -1065,7 +1202,52 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gw))
-        .with_graceful_shutdown(shutdown)
+    let app = router(gw);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // EMFILE and friends: back off instead of spinning; the listener stays.
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // HTTP/1.1 only, on purpose: the MCP transport needs nothing more, and one framing
+        // grammar at the edge is one less place for a request-smuggling differential (G03).
+        // The head must arrive within HEADER_READ_TIMEOUT (slowloris).
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "gateway connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // In-flight requests finish; a long upstream stream (SSE) does not hold shutdown forever.
+    if tokio::time::timeout(SHUTDOWN_DRAIN, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("gateway shutdown: connections still open after the drain; closing");
+    }
+    Ok(())
 }
+
+/// A request head must arrive within this (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);

@@ -150,8 +150,90 @@ async fn g12_dpop_misuse_at_the_gateway() {
         1,
         "only the one good call reached upstream"
     );
-    // A second gateway behind the same htu would need a shared replay cache: not built (one
-    // gateway per htu, or DPoP nonces); see the issue notes.
+}
+
+/// Another gateway with the first one's config (so the same `public_url`, hence the same
+/// `htu`), writing to `store` on `chain`; returns its base URL.
+async fn sibling(s: &Stack, store: Arc<dyn firebreak_store::Store>, chain: &str) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let gw = firebreak_gateway::Gateway::new(
+        s.gw.config().clone(),
+        Arc::clone(&s.enforcer),
+        store,
+        chain.into(),
+    );
+    tokio::spawn(firebreak_gateway::serve(gw, l, std::future::pending()));
+    url
+}
+
+#[tokio::test]
+async fn g12_a_proof_replayed_at_a_second_gateway_behind_the_same_htu_is_refused() {
+    let s = Stack::start().await;
+    let key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let t = bound_token(&s, &key).await;
+    // The first gateway's public URL: every gateway here serves that one htu.
+    let htu = format!("{}/tools/a", s.url);
+    // gw2: another gateway inside `serve` on the same store; gw3: a standalone gateway with
+    // its own audit store, which claims proofs at the broker.
+    let gw2 = sibling(&s, s.h.store.clone(), firebreak_store::BROKER_CHAIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let own = firebreak_store::SqliteStore::open(
+        &dir.path().join("gw3.db"),
+        firebreak_store::AuditSettings {
+            key: firebreak_audit::AuditKey::generate().unwrap(),
+            checkpoint_every: 100,
+            checkpoint_interval_ms: 10_000,
+            clock: Arc::new(s.h.clock.clone()),
+            queue: 64,
+        },
+    )
+    .unwrap();
+    let gw3 = sibling(&s, Arc::new(own), "gw-3").await;
+    let call = |base: String, p: String| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let auth = format!("DPoP {t}");
+            let r =
+                s.h.http
+                    .send(
+                        "GET",
+                        &format!("{base}/tools/a"),
+                        &[
+                            ("authorization", &auth),
+                            ("dpop", &p),
+                            ("host", &s.url[7..]),
+                        ],
+                        Vec::new(),
+                    )
+                    .await;
+            (r.status, www(&r))
+        }
+    };
+    let fresh = || proof(&key, "GET", &htu, s.h.now().as_secs(), Some(&t), |_, _| {});
+    let refused = |(status, www): (u16, String), what: &str| {
+        assert_eq!(status, 401, "{what}");
+        assert!(www.contains("invalid_dpop_proof"), "{what}: {www}");
+    };
+    // Used at gw1, replayed at gw2 and gw3.
+    let p1 = fresh();
+    assert_eq!(call(s.url.clone(), p1.clone()).await.0, 200);
+    refused(call(gw2.clone(), p1.clone()).await, "p1 at gw2");
+    refused(call(gw3.clone(), p1).await, "p1 at gw3");
+    // Used first at the standalone gw3, replayed at gw1 and gw2.
+    let p2 = fresh();
+    assert_eq!(call(gw3.clone(), p2.clone()).await.0, 200);
+    refused(call(s.url.clone(), p2.clone()).await, "p2 at gw1");
+    refused(call(gw2.clone(), p2).await, "p2 at gw2");
+    // Used first at gw2, replayed at gw3.
+    let p3 = fresh();
+    assert_eq!(call(gw2, p3.clone()).await.0, 200);
+    refused(call(gw3, p3).await, "p3 at gw3");
+    assert_eq!(
+        s.upstream.count(),
+        3,
+        "each proof reached the upstream once"
+    );
 }
 
 #[tokio::test]

@@ -499,3 +499,85 @@ async fn protected_resource_metadata_per_route() {
     assert_eq!(r.json()["resource"], MCP);
     assert_eq!(r.json()["authorization_servers"][0], s.h.url);
 }
+
+#[tokio::test]
+async fn f8_clock_skew_is_corrected_within_the_leeway_and_refused_beyond() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let skew = Arc::new(AtomicI64::new(0));
+    let s = Stack::start_full(
+        Setup {
+            policies: policies(),
+            ..Setup::default()
+        },
+        "",
+        "",
+        Some(Arc::clone(&skew)),
+    )
+    .await;
+    for offset in [30_000i64, -30_000] {
+        skew.store(offset, Ordering::SeqCst);
+        next_beats(&s.enforcer, 2).await;
+        assert_eq!(
+            s.enforcer.clock_skew_ms().map(|m| (m - offset).abs() < 500),
+            Some(true)
+        );
+        // A fresh token is accepted although its iat is 30 s off on the local clock...
+        let t = s.h.token(TOOLS, None).await;
+        assert_eq!(s.get("/tools/a", &t).await.status, 200, "skew {offset}");
+        // ...and refused at exp + 60 s of the broker's time at the latest, whichever way the
+        // local clock is off (the correction applies the broker's time, not the local one).
+        let exp = claims_of(&t)["exp"].as_i64().unwrap();
+        let to = |at: i64| {
+            s.h.clock.set(firebreak_core::UnixTime::from_secs(at));
+        };
+        to(exp + 59);
+        next_beats(&s.enforcer, 2).await;
+        assert_eq!(
+            s.get("/tools/a", &t).await.status,
+            200,
+            "skew {offset}, exp + 59"
+        );
+        to(exp + 61);
+        next_beats(&s.enforcer, 2).await;
+        let r = s.get("/tools/a", &t).await;
+        assert_eq!(
+            (r.status, r.json()["reason"].as_str()),
+            (401, Some("token_expired")),
+            "skew {offset}, exp + 61"
+        );
+    }
+    // Beyond the leeway: 503 clock_skew, the metric shows it, /readyz is not ready; back
+    // within the leeway, service resumes by itself.
+    for offset in [300_000i64, -300_000] {
+        skew.store(offset, Ordering::SeqCst);
+        next_beats(&s.enforcer, 2).await;
+        let t = s.h.token(TOOLS, None).await;
+        let before = s.upstream.count();
+        let r = s.get("/tools/a", &t).await;
+        assert_eq!(
+            (r.status, r.json()["reason"].as_str()),
+            (503, Some("clock_skew")),
+            "skew {offset}"
+        );
+        assert_eq!(s.upstream.count(), before);
+        assert_eq!(s.send("GET", "/readyz", &[], "").await.status, 503);
+        let metrics =
+            String::from_utf8_lossy(&s.send("GET", "/metrics", &[], "").await.body).into_owned();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("firebreak_clock_skew_seconds "))
+            .unwrap_or_default()
+            .to_owned();
+        let shown: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((shown - offset as f64 / 1000.0).abs() < 1.0, "{line}");
+        skew.store(0, Ordering::SeqCst);
+        next_beats(&s.enforcer, 2).await;
+        assert_eq!(
+            s.get("/tools/a", &t).await.status,
+            200,
+            "back from {offset}"
+        );
+        assert_eq!(s.send("GET", "/readyz", &[], "").await.status, 200);
+    }
+}

@@ -1295,6 +1295,7 @@ pub fn router(b: Arc<Broker>) -> Router {
         .route("/v1/policy/reload", post(policy_reload))
         .route("/v1/policy/bundle", get(crate::events::bundle))
         .route("/v1/events", get(crate::events::handler))
+        .route("/v1/dpop/claims", post(crate::events::claim))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -21,6 +21,10 @@ pub const DPOP_ALGORITHMS: [Algorithm; 2] = [Algorithm::Es256, Algorithm::EdDsa]
 /// takes an authorised agent sending tens of thousands of exchanges a minute.
 pub const DPOP_REPLAY_CAPACITY: usize = 65_536;
 
+/// The store scope of proofs spent at the token endpoint (apart from the gateways' scope: a
+/// proof names its `htu`, so the two never meet, and keeping them apart keeps that obvious).
+const DPOP_TOKEN_SCOPE: &str = "dpop-token";
+
 /// The replay cache behind a lock: check-and-insert is one short critical section.
 #[derive(Debug)]
 pub struct DpopReplay(Mutex<DpopReplayCache>);
@@ -86,9 +90,34 @@ impl Broker {
             .map_err(BrokerError::DpopProof)
     }
 
-    /// Records `proof` as used, or refuses it as a replay (RFC 9449 §11.1). Per node: a proof
-    /// is good for one request to this endpoint, whichever replica it reaches first.
-    pub(crate) fn dpop_seen(&self, proof: &DpopProof) -> Result<(), BrokerError> {
+    /// Records `proof` as used, or refuses it as a replay (RFC 9449 §11.1): first in this
+    /// node's cache (a replay here costs no store round trip), then as a claim in the store,
+    /// which every replica shares, so a proof is good for one request to this endpoint
+    /// whichever replica it reaches.
+    pub(crate) async fn dpop_seen(&self, proof: &DpopProof) -> Result<(), BrokerError> {
+        self.dpop_seen_here(proof)?;
+        let expect = self.dpop_expect(self.now_u64());
+        let until = proof
+            .iat
+            .saturating_add(expect.max_age_secs)
+            .saturating_add(expect.leeway_secs);
+        let fresh = self
+            .store
+            .claim_once(
+                DPOP_TOKEN_SCOPE,
+                &firebreak_token::dpop_claim_key(&proof.jkt, &proof.jti),
+                firebreak_core::UnixTime::from_secs(i64::try_from(until).unwrap_or(i64::MAX)),
+                self.clock.now(),
+            )
+            .await?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(BrokerError::DpopProof(TokenError::DpopReplayed))
+        }
+    }
+
+    fn dpop_seen_here(&self, proof: &DpopProof) -> Result<(), BrokerError> {
         let expect = self.dpop_expect(self.now_u64());
         // A panic elsewhere while holding the lock leaves at worst an extra entry (refusing
         // more, never less), so the poisoned cache is still safe to use.

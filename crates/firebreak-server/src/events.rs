@@ -258,3 +258,53 @@ pub async fn bundle(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Respons
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
+
+/// `POST /v1/dpop/claims` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    /// The proof key's thumbprint (`cnf.jkt`).
+    jkt: String,
+    /// The proof's `jti`.
+    jti: String,
+    /// Until when the proof could be accepted (Unix seconds): its `iat` + window + leeway.
+    until: i64,
+}
+
+/// Longest claim an enforcement point may ask for: a DPoP proof is accepted for at most
+/// `iat` + 300 s + leeway anywhere in Firebreak, so nothing needs a longer claim.
+const MAX_CLAIM_SECS: i64 = 600;
+
+/// `POST /v1/dpop/claims` (role `stream`): a standalone gateway claims a DPoP proof's `jti` in
+/// the broker's store, so that a proof replayed at any other gateway behind the same `htu` is
+/// refused (G12). `{"fresh": true}` the first time, `{"fresh": false}` for a replay.
+pub async fn claim(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
+    let r: Result<Value, BrokerError> = async {
+        authorize(&b, &headers)?;
+        let bytes = axum::body::to_bytes(body, 4096)
+            .await
+            .map_err(|_| BrokerError::BodyTooLarge)?;
+        let c: ClaimBody = serde_json::from_slice(&bytes)
+            .map_err(|_| BrokerError::BadRequest("body is not the expected JSON"))?;
+        if c.jkt.is_empty() || c.jkt.len() > 128 || c.jti.is_empty() || c.jti.len() > 256 {
+            return Err(BrokerError::BadRequest("jkt or jti out of bounds"));
+        }
+        let now = b.clock.now();
+        if c.until <= now.as_secs() || c.until > now.as_secs().saturating_add(MAX_CLAIM_SECS) {
+            return Err(BrokerError::BadRequest("until out of bounds"));
+        }
+        let key = firebreak_token::dpop_claim_key(&c.jkt, &c.jti);
+        let fresh = b
+            .store
+            .claim_once(
+                firebreak_token::DPOP_CLAIM_SCOPE,
+                &key,
+                UnixTime::from_secs(c.until),
+                now,
+            )
+            .await?;
+        Ok(json!({ "fresh": fresh }))
+    }
+    .await;
+    crate::broker::admin_response(r)
+}

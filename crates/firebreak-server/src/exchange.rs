@@ -342,7 +342,7 @@ impl Broker {
         // agent can fill the replay cache (which then refuses, never evicts). Before a single-use
         // elevation is consumed: a replayed proof must not use it up.
         if let Some(p) = &dpop {
-            self.dpop_seen(p)?;
+            self.dpop_seen(p).await?;
         }
         // A single-use elevation is consumed by the exchange it allowed.
         if let Some(e) = &elevation

@@ -169,6 +169,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes replay-guard rows whose tokens have expired; returns how many.
     fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64>;
 
+    /// Claims the one-time `key` in `scope` until `expires_at`: `true` the first time, `false`
+    /// while an unexpired claim of the same (scope, key) exists. Every process on this store
+    /// sees the same claims: DPoP proof `jti`s are claimed here so that a proof replayed at
+    /// a second gateway behind the same `htu` is refused (G12).
+    fn claim_once(
+        &self,
+        scope: &str,
+        key: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreFuture<'_, bool>;
+
     /// Stores a new elevation (and its approval, when one is queued) atomically.
     fn insert_elevation(
         &self,

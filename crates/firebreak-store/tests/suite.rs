@@ -206,6 +206,7 @@ both!(
     event_snapshot_holds_unexpired_events_and_seqs_survive_purge_and_restart,
     audit_reads_and_ingest_of_another_chain,
     sessions_children_tokens_and_last_use,
+    g12_one_time_claims_are_granted_once_until_they_expire,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -384,6 +385,85 @@ async fn x04_replay_key_accepted_once(db: Db) {
         0
     );
     assert_eq!(store.purge_replay(later).await.unwrap(), 2);
+}
+
+/// SECURITY-TESTS.md G12 (store part): a DPoP proof's jti is claimed once, also under
+/// concurrent claims; on PostgreSQL the claim is shared by every replica on the database.
+async fn g12_one_time_claims_are_granted_once_until_they_expire(db: Db) {
+    let store = db.open().await;
+    let now = UnixTime::from_secs(1_800_000_000);
+    let until = now.plus_secs(120);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            s.claim_once("dpop", "jkt:jti-1", until, now).await.unwrap()
+        }));
+    }
+    let mut claims = Vec::new();
+    for t in tasks {
+        claims.push(t.await.unwrap());
+    }
+    assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
+    assert!(
+        !store
+            .claim_once("dpop", "jkt:jti-1", until, now.plus_secs(119))
+            .await
+            .unwrap()
+    );
+    // Another key, or the same key in another scope, is its own claim.
+    assert!(
+        store
+            .claim_once("dpop", "jkt:jti-2", until, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_once("other", "jkt:jti-1", until, now)
+            .await
+            .unwrap()
+    );
+    if let Kind::Pg(_) = db.kind {
+        let replica = db.open().await;
+        assert!(
+            !replica
+                .claim_once("dpop", "jkt:jti-1", until, now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            replica
+                .claim_once("dpop", "jkt:jti-3", until, now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_once("dpop", "jkt:jti-3", until, now)
+                .await
+                .unwrap()
+        );
+    }
+    // Once expired, the key may be claimed again (the proof itself is then too old anyway).
+    assert!(
+        store
+            .claim_once("dpop", "jkt:jti-1", until.plus_secs(60), until)
+            .await
+            .unwrap()
+    );
+    store.purge_replay(until.plus_secs(61)).await.unwrap();
+    assert!(
+        store
+            .claim_once(
+                "dpop",
+                "jkt:jti-1",
+                until.plus_secs(200),
+                until.plus_secs(61)
+            )
+            .await
+            .unwrap()
+    );
 }
 
 /// SECURITY-TESTS.md X17 (store part): once a revocation commits, no child can be added under it.

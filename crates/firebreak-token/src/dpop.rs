@@ -270,3 +270,14 @@ impl DpopReplayCache {
         Ok(())
     }
 }
+
+/// The store scope under which enforcement points claim DPoP proofs (`Store::claim_once`), so
+/// that a proof replayed at a second gateway behind the same `htu` is refused (RFC 9449 §11.1,
+/// G12).
+pub const DPOP_CLAIM_SCOPE: &str = "dpop";
+
+/// The claim key of a proof: its key's thumbprint and its `jti`, hashed to a fixed size (a `jti`
+/// is the client's choice of up to the proof's size limit).
+pub fn dpop_claim_key(jkt: &str, jti: &str) -> String {
+    crate::sign::sha256_hex(format!("{jkt}\n{jti}").as_bytes())
+}

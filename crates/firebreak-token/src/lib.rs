@@ -28,8 +28,8 @@ mod web_uri;
 pub use alg::Algorithm;
 pub use claims::{ClaimRules, StandardClaims, TypExpectation, validate_claims};
 pub use dpop::{
-    DPOP_TYP, DpopExpect, DpopProof, DpopReplayCache, MAX_DPOP_JTI_BYTES, normalize_htu,
-    verify_dpop_proof,
+    DPOP_CLAIM_SCOPE, DPOP_TYP, DpopExpect, DpopProof, DpopReplayCache, MAX_DPOP_JTI_BYTES,
+    dpop_claim_key, normalize_htu, verify_dpop_proof,
 };
 pub use error::{Segment, TokenError};
 pub use jwk::{KeySet, PublicKey};

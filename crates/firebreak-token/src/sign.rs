@@ -148,7 +148,20 @@ impl SigningKey {
     /// [`TokenError::SigningFailed`] if serialisation or signing fails.
     pub fn sign_raw(&self, header: &Value, payload_bytes: &[u8]) -> Result<String, TokenError> {
         let header = serde_json::to_vec(header).map_err(|_| TokenError::SigningFailed)?;
-        let mut token = b64::encode(&header);
+        self.sign_raw_bytes(&header, payload_bytes)
+    }
+
+    /// Signs arbitrary header and payload bytes (a header with duplicate members, or one that is
+    /// not JSON at all), for tests that need hostile tokens signed by a trusted key.
+    ///
+    /// # Errors
+    /// [`TokenError::SigningFailed`] if signing fails.
+    pub fn sign_raw_bytes(
+        &self,
+        header: &[u8],
+        payload_bytes: &[u8],
+    ) -> Result<String, TokenError> {
+        let mut token = b64::encode(header);
         token.push('.');
         token.push_str(&b64::encode(payload_bytes));
         let signature = self.sign_bytes(token.as_bytes())?;

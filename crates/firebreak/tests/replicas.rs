@@ -378,7 +378,7 @@ fn check_records(records: &[Value], issued: &[String]) {
 /// SECURITY-TESTS.md X04 over HTTP: a subject token spent at one replica is refused at another,
 /// and the same token sent to three replicas at the same instant gets exactly one 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn x04_subject_token_replay_refused_across_replicas() {
+async fn x04_g12_subject_token_and_dpop_proof_replay_refused_across_replicas() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(
         "x04",
@@ -432,6 +432,56 @@ async fn x04_subject_token_replay_refused_across_replicas() {
         );
         // Once more, to one of them.
         assert_replay(&exchange(&http, &urls[round % urls.len()], &t).await);
+    }
+
+    // G12 at the token endpoint: a DPoP proof spent at A is refused at B and C (all three
+    // serve one public URL, so one htu), although each replica's own cache never saw it.
+    let key = firebreak_token::SigningKey::generate(Algorithm::Es256).unwrap();
+    let header =
+        serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_key().to_jwk()});
+    let claims = serde_json::json!({
+        "jti": firebreak_token::random_b64url(16), "htm": "POST",
+        "htu": format!("{AUD}/oauth2/token"), "iat": SystemClock.now().as_secs(),
+    });
+    let proof = key
+        .sign_raw(&header, &serde_json::to_vec(&claims).unwrap())
+        .unwrap();
+    let with_proof = |url: String| {
+        let (http, subject, proof) = (http.clone(), c.subject(), proof.clone());
+        async move {
+            let body = encode_pairs([
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", subject.as_str()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                ("audience", TOOLS),
+            ]);
+            http.post_form(
+                &format!("{url}/oauth2/token"),
+                &[("dpop", proof.as_str())],
+                &body,
+            )
+            .await
+        }
+    };
+    let first = with_proof(urls[0].clone()).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.json()["token_type"], "DPoP");
+    for url in &urls[1..] {
+        let r = with_proof(url.clone()).await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
 }
 

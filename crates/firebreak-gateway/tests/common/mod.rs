@@ -8,6 +8,7 @@
     reason = "test harness"
 )]
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,7 +70,11 @@ impl Upstream {
     }
     async fn answer(&self, req: Request<Body>) -> axum::response::Response {
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+        // A body that does not arrive whole is not a request the upstream received (G03).
+        let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+            return (http::StatusCode::BAD_REQUEST, "incomplete body").into_response();
+        };
+        let body = body.to_vec();
         self.seen.lock().unwrap().push(Seen {
             method: parts.method.to_string(),
             uri: parts.uri.to_string(),
@@ -118,6 +123,33 @@ impl Upstream {
         }
         axum::Json(json!({"path": parts.uri.to_string()})).into_response()
     }
+}
+
+/// The broker's manual clock shifted by an offset the test changes while running (F8).
+#[derive(Debug)]
+pub struct OffsetClock {
+    pub base: firebreak_core::ManualClock,
+    pub offset_ms: Arc<AtomicI64>,
+}
+
+impl firebreak_core::Clock for OffsetClock {
+    fn now(&self) -> firebreak_core::UnixTime {
+        let t = firebreak_core::Clock::now(&self.base).as_millis();
+        firebreak_core::UnixTime::from_millis(t + self.offset_ms.load(Ordering::SeqCst))
+    }
+}
+
+/// Waits (bounded) until the enforcer has taken `n` more heartbeats, snapshots or events.
+pub async fn next_beats(e: &Enforcer, n: u64) {
+    let mut rx = e.beats();
+    let start = *rx.borrow_and_update();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.borrow_and_update().wrapping_sub(start) < n {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("no heartbeat within 5 s");
 }
 
 pub struct Stack {
@@ -182,6 +214,16 @@ impl Stack {
 
     /// `gateway_extra` is appended to `[gateway]` keys, `route_extra` after the routes.
     pub async fn start_with(setup: Setup, gateway_extra: &str, route_extra: &str) -> Self {
+        Self::start_full(setup, gateway_extra, route_extra, None).await
+    }
+
+    /// As `start_with`; the gateway's clock is the broker's shifted by `skew` when given (F8).
+    pub async fn start_full(
+        setup: Setup,
+        gateway_extra: &str,
+        route_extra: &str,
+        skew: Option<Arc<AtomicI64>>,
+    ) -> Self {
         let h = BrokerHarness::start(setup).await;
         let upstream = Upstream::default();
         *upstream.tools.lock().unwrap() = ["echo", "search", "rm", "deploy", "Echo"]
@@ -212,7 +254,13 @@ impl Stack {
                 danger_allow_http: false,
                 leeway_secs: 60,
             },
-            Arc::new(h.clock.clone()),
+            match skew {
+                Some(offset_ms) => Arc::new(OffsetClock {
+                    base: h.clock.clone(),
+                    offset_ms,
+                }),
+                None => Arc::new(h.clock.clone()),
+            },
         )
         .unwrap();
         let gw = Gateway::new(cfg, Arc::clone(&enforcer), h.store.clone(), "broker".into());

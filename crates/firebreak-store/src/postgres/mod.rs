@@ -1201,6 +1201,38 @@ impl Store for PgStore {
         }))
     }
 
+    fn claim_once(
+        &self,
+        scope: &str,
+        key: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreFuture<'_, bool> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        Box::pin(self.pool.run(async move |c| {
+            // A claim outlives its window by nothing: losing the last few claims in a crash
+            // re-admits at most proofs already inside their 60 s window, so the commit need not
+            // wait for the WAL flush.
+            let tx = c.client.transaction().await.map_err(db_err)?;
+            tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+                .await
+                .map_err(db_err)?;
+            // The primary key decides between concurrent claims on every replica; an expired
+            // row not yet purged is taken over.
+            let n = tx
+                .execute(
+                    "INSERT INTO replay (issuer, key, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (issuer, key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                     WHERE replay.expires_at <= $4",
+                    &[&scope, &key, &ms(expires_at), &ms(now)],
+                )
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(n == 1)
+        }))
+    }
+
     fn insert_elevation(
         &self,
         e: ElevationRow,

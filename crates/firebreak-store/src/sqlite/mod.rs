@@ -29,6 +29,38 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The event head after each commit that wrote events (`Store::event_watch`).
     events: Arc<tokio::sync::watch::Sender<u64>>,
+    /// `claim_once` claims. In memory: one process owns a SQLite store (several replicas
+    /// need PostgreSQL, DESIGN.md §8), so this is exactly as shared as the store, and a
+    /// DPoP-proof claim costs no fsync. It does not survive a restart, which re-admits at most
+    /// a proof still inside its 60 s window.
+    claims: Arc<Mutex<OnceClaims>>,
+}
+
+/// Claims in memory, bounded: once full, expired claims are dropped; if none has expired the
+/// new claim is refused (fail closed: a refused proof is retried with a fresh one).
+#[derive(Debug, Default)]
+struct OnceClaims {
+    by_key: std::collections::HashMap<(String, String), i64>,
+}
+
+/// Live claims kept before new ones are refused.
+const MAX_CLAIMS: usize = 1 << 20;
+
+impl OnceClaims {
+    fn claim(&mut self, scope: &str, key: &str, expires_ms: i64, now_ms: i64) -> bool {
+        if self.by_key.len() >= MAX_CLAIMS {
+            self.by_key.retain(|_, e| *e > now_ms);
+        }
+        let k = (scope.to_owned(), key.to_owned());
+        match self.by_key.get(&k) {
+            Some(e) if *e > now_ms => false,
+            _ if self.by_key.len() >= MAX_CLAIMS => false,
+            _ => {
+                self.by_key.insert(k, expires_ms);
+                true
+            }
+        }
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -55,6 +87,7 @@ impl SqliteStore {
             writer,
             path: path.to_owned(),
             events: Arc::new(tokio::sync::watch::channel(head).0),
+            claims: Arc::new(Mutex::new(OnceClaims::default())),
         })
     }
 
@@ -1140,6 +1173,11 @@ impl Store for SqliteStore {
     }
 
     fn purge_replay(&self, now: UnixTime) -> StoreFuture<'_, u64> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_key
+            .retain(|_, e| *e > ms(now));
         self.with(move |conn| {
             let n = conn
                 .execute(
@@ -1149,6 +1187,21 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             Ok(n as u64)
         })
+    }
+
+    fn claim_once(
+        &self,
+        scope: &str,
+        key: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreFuture<'_, bool> {
+        let fresh = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .claim(scope, key, ms(expires_at), ms(now));
+        Box::pin(std::future::ready(Ok(fresh)))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
