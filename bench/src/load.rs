@@ -112,7 +112,7 @@ struct Worker {
     first_error: Option<String>,
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
 ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
     let stream = tokio::net::TcpStream::connect(addr)

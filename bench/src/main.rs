@@ -16,6 +16,7 @@
 )]
 
 mod audit;
+mod gateway;
 mod keys;
 mod limits;
 mod load;
@@ -38,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// The whole benchmark: JSON lines on stdout, a table on stderr.
     Run(run::Opts),
+    /// The gateway benchmark (`bench/gateway`): compare --ours, revocation propagation, profile.
+    Gateway(gateway::Opts),
     /// Child: axum hello-world on 127.0.0.1:PORT.
     ServeHello {
         /// Port.
@@ -123,6 +126,7 @@ enum Cmd {
 fn main() {
     match Cli::parse().cmd {
         Cmd::Run(opts) => run::main(&opts),
+        Cmd::Gateway(opts) => gateway::main(&opts),
         Cmd::ServeHello { port } => servers::hello_cmd(port),
         Cmd::ServeLimit { port, jwks } => servers::limit_cmd(port, &jwks),
         Cmd::Limits { seconds, rounds } => limits::limits_cmd(seconds, rounds),

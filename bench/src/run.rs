@@ -54,9 +54,9 @@ pub struct Opts {
     limit_seconds: f64,
 }
 
-const SERVER_CPU: &str = "0";
+pub(crate) const SERVER_CPU: &str = "0";
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     eprintln!("firebreak-bench: {msg}");
 }
 
@@ -65,14 +65,14 @@ fn log(msg: &str) {
 // ------------------------------------------------------------------------------------------
 
 /// Every process this run started; stopped on drop.
-struct Kids {
-    list: Vec<(String, Child)>,
-    pidfile: PathBuf,
-    peer: Option<(PathBuf, u16)>,
+pub(crate) struct Kids {
+    pub(crate) list: Vec<(String, Child)>,
+    pub(crate) pidfile: PathBuf,
+    pub(crate) peer: Option<(PathBuf, u16)>,
 }
 
 impl Kids {
-    fn spawn(&mut self, name: &str, mut cmd: Command, log_file: &Path) -> u32 {
+    pub(crate) fn spawn(&mut self, name: &str, mut cmd: Command, log_file: &Path) -> u32 {
         let out = std::fs::File::create(log_file).expect("create child log");
         let err = out.try_clone().expect("clone log fd");
         let child = cmd
@@ -93,7 +93,7 @@ impl Kids {
     }
 
     /// Fails loudly if a child already exited.
-    fn check(&mut self, log_dir: &Path) {
+    pub(crate) fn check(&mut self, log_dir: &Path) {
         for (name, child) in &mut self.list {
             if let Ok(Some(status)) = child.try_wait() {
                 let tail = std::fs::read_to_string(log_dir.join(format!("{name}.log")))
@@ -136,13 +136,13 @@ impl Drop for Kids {
     }
 }
 
-fn pinned(cpus: &str, program: &Path) -> Command {
+pub(crate) fn pinned(cpus: &str, program: &Path) -> Command {
     let mut c = Command::new("taskset");
     c.arg("-c").arg(cpus).arg(program);
     c
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")
         .local_addr()
@@ -150,7 +150,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(kids: &mut Kids, port: u16, log_dir: &Path) {
+pub(crate) fn wait_port(kids: &mut Kids, port: u16, log_dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -163,7 +163,7 @@ fn wait_port(kids: &mut Kids, port: u16, log_dir: &Path) {
     }
 }
 
-fn status_kb(pid: u32, field: &str) -> Option<f64> {
+pub(crate) fn status_kb(pid: u32, field: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -173,7 +173,7 @@ fn status_kb(pid: u32, field: &str) -> Option<f64> {
 // Statistics and output
 // ------------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     match s.len() {
@@ -183,7 +183,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn r3(x: f64) -> Value {
+pub(crate) fn r3(x: f64) -> Value {
     if x.is_finite() {
         json!((x * 1000.0).round() / 1000.0)
     } else {
@@ -191,7 +191,7 @@ fn r3(x: f64) -> Value {
     }
 }
 
-fn r1(x: f64) -> Value {
+pub(crate) fn r1(x: f64) -> Value {
     if x.is_finite() {
         json!((x * 10.0).round() / 10.0)
     } else {
@@ -223,14 +223,14 @@ impl Series {
     }
 }
 
-struct Out {
-    lines: Vec<Value>,
-    common: Value,
+pub(crate) struct Out {
+    pub(crate) lines: Vec<Value>,
+    pub(crate) common: Value,
 }
 
 impl Out {
     #[allow(clippy::too_many_arguments, reason = "one JSON line's fields")]
-    fn emit(
+    pub(crate) fn emit(
         &mut self,
         metric: &str,
         ours: Option<f64>,
@@ -273,7 +273,7 @@ impl Out {
 // The run
 // ------------------------------------------------------------------------------------------
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     std::env::var_os("FIREBREAK_BENCH_CACHE").map_or_else(
         || {
             PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
@@ -283,7 +283,7 @@ fn cache_dir() -> PathBuf {
     )
 }
 
-fn fs_type(dir: &Path) -> String {
+pub(crate) fn fs_type(dir: &Path) -> String {
     Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(dir)
@@ -293,7 +293,7 @@ fn fs_type(dir: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let nproc = cpuinfo
         .lines()
@@ -401,7 +401,7 @@ async fn mint(ctx: &Ctx, alg: Alg, count: usize) -> Vec<Bytes> {
     v
 }
 
-async fn blocking_output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+pub(crate) async fn blocking_output(mut cmd: Command) -> std::io::Result<std::process::Output> {
     tokio::task::spawn_blocking(move || cmd.stderr(Stdio::inherit()).output())
         .await
         .expect("join")
