@@ -47,6 +47,7 @@ fn ours_round(dir: &Path, round: usize, writers: usize, seconds: f64) -> (f64, u
     let path = dir.join(format!("audit-ours-{round}.db"));
     let _ = std::fs::remove_file(&path);
     let settings = AuditSettings {
+        chain: firebreak_store::BROKER_CHAIN.to_owned(),
         key: firebreak_audit::AuditKey::generate().unwrap(),
         checkpoint_every: 1000,
         checkpoint_interval_ms: 10_000,

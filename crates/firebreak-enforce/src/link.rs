@@ -169,6 +169,37 @@ impl BrokerLink {
         let req = req
             .body(body)
             .map_err(|e| EnforceError::Broker(format!("request: {e}")))?;
+        self.round_trip(req, path).await
+    }
+
+    /// One request with a body of type `content_type` (the audit ingest's JSONL, for one); the
+    /// answer read to its end within the timeout, whatever its status.
+    ///
+    /// # Errors
+    /// `Broker` when the broker cannot be reached, times out or sends more than the bound.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Answer, EnforceError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| EnforceError::Broker(format!("request: {e}")))?;
+        self.round_trip(req, path).await
+    }
+
+    async fn round_trip(
+        &self,
+        req: Request<Full<Bytes>>,
+        path: &str,
+    ) -> Result<Answer, EnforceError> {
         let fut = async {
             let resp = self
                 .client

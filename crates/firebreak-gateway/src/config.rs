@@ -45,6 +45,9 @@ fn default_response() -> ConfigDuration {
 fn default_deadline() -> ConfigDuration {
     ConfigDuration::from_secs(1)
 }
+fn default_checkpoint_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
 
 /// `[gateway]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +79,9 @@ pub struct RawGateway {
     upstream_response_timeout: ConfigDuration,
     #[serde(default = "default_deadline")]
     audit_write_deadline: ConfigDuration,
+    /// Standalone: the longest a record of its own chain waits for a signed checkpoint.
+    #[serde(default = "default_checkpoint_interval")]
+    checkpoint_interval: ConfigDuration,
     #[serde(default)]
     danger_allow_http: bool,
     #[serde(default)]
@@ -165,6 +171,8 @@ pub struct GatewayConfig {
     pub upstream_response_timeout: ConfigDuration,
     /// A record not durable by then fails the request.
     pub audit_write_deadline: ConfigDuration,
+    /// Standalone: a checkpoint of its own chain at least this often while records arrive.
+    pub checkpoint_interval: ConfigDuration,
     /// Plain-http broker off loopback.
     pub danger_allow_http: bool,
     /// Routes, longest path first.
@@ -294,6 +302,9 @@ impl GatewayConfig {
         if raw.stale_after.as_millis() == 0 {
             return Err(bad("stale_after", "must be positive"));
         }
+        if raw.checkpoint_interval.as_millis() == 0 {
+            return Err(bad("checkpoint_interval", "must be positive"));
+        }
         Ok(Self {
             listen: listen.to_string(),
             broker,
@@ -309,6 +320,7 @@ impl GatewayConfig {
             upstream_connect_timeout: raw.upstream_connect_timeout,
             upstream_response_timeout: raw.upstream_response_timeout,
             audit_write_deadline: raw.audit_write_deadline,
+            checkpoint_interval: raw.checkpoint_interval,
             danger_allow_http: raw.danger_allow_http,
             routes,
         })

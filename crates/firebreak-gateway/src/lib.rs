@@ -14,6 +14,7 @@
 pub mod config;
 pub mod mcp;
 pub mod path;
+pub mod ship;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,8 @@ pub struct Gateway {
     /// Where proofs that passed the local cache are claimed for every gateway (G12).
     shared_replay: SharedReplay,
     counters: Mutex<Counters>,
+    /// Standalone only: how shipping its own chain to the broker goes.
+    shipping: std::sync::OnceLock<Arc<ship::ShipMetrics>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -261,7 +264,14 @@ impl Gateway {
             upstream,
             dpop_replay: Mutex::new(DpopReplayCache::new(65_536)),
             counters: Mutex::new(Counters::default()),
+            shipping: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows `m` (from [`ship::Shipper::metrics`]) on the metrics page; only a standalone
+    /// gateway, which ships its own chain, has them. A second call is ignored.
+    pub fn report_shipping(&self, m: Arc<ship::ShipMetrics>) {
+        let _ = self.shipping.set(m);
     }
 
     /// The checked config.
@@ -1147,6 +1157,18 @@ impl Gateway {
             &LATENCY_BUCKETS,
         );
         drop(c);
+        if let Some(m) = self.shipping.get() {
+            let _ = writeln!(
+                out,
+                "# HELP firebreak_audit_ship_lag_records Records of this gateway's audit chain the broker has not acknowledged.\n# TYPE firebreak_audit_ship_lag_records gauge\nfirebreak_audit_ship_lag_records {}",
+                m.lag()
+            );
+            let _ = writeln!(
+                out,
+                "# HELP firebreak_audit_ship_failures_total Tries to ship this gateway's audit chain that the broker failed or refused.\n# TYPE firebreak_audit_ship_failures_total counter\nfirebreak_audit_ship_failures_total {}",
+                m.failures()
+            );
+        }
         out.push_str(&self.enforcer.render_metrics());
         out
     }

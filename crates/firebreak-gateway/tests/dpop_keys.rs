@@ -186,6 +186,7 @@ async fn g12_a_proof_replayed_at_a_second_gateway_behind_the_same_htu_is_refused
             checkpoint_interval_ms: 10_000,
             clock: Arc::new(s.h.clock.clone()),
             queue: 64,
+            chain: "gw-3".into(),
         },
     )
     .unwrap();

@@ -178,6 +178,7 @@ impl BrokerHarness {
         std::fs::create_dir_all(&data).unwrap();
         let key = firebreak_server::audit::load_or_create_key(&data).unwrap();
         let settings = firebreak_store::AuditSettings {
+            chain: firebreak_store::BROKER_CHAIN.to_owned(),
             key,
             checkpoint_every: 100,
             checkpoint_interval_ms: 10_000,

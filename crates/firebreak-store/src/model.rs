@@ -24,7 +24,7 @@ pub struct AuditDraft {
 /// Where a record landed: durable once this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReceipt {
-    /// Its sequence number in the broker chain.
+    /// Its sequence number in the store's own chain.
     pub seq: u64,
     /// Its hash.
     pub hash: String,
@@ -32,6 +32,10 @@ pub struct AuditReceipt {
 
 /// How the store keeps the audit chain.
 pub struct AuditSettings {
+    /// The chain this store's writer appends to, records and checkpoints alike: [`BROKER_CHAIN`]
+    /// for a broker, the client id for a standalone gateway (DESIGN.md §8). Other chains in the
+    /// same store arrive only through `ingest_audit`.
+    pub chain: String,
     /// The dedicated checkpoint key (never a token key).
     pub key: AuditKey,
     /// A signed checkpoint after this many records …
@@ -47,6 +51,7 @@ pub struct AuditSettings {
 impl std::fmt::Debug for AuditSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditSettings")
+            .field("chain", &self.chain)
             .field("checkpoint_every", &self.checkpoint_every)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .finish_non_exhaustive()

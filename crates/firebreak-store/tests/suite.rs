@@ -113,6 +113,8 @@ struct Db {
     kind: Kind,
     key: Vec<u8>,
     clock: Arc<ManualClock>,
+    /// The chain its stores' writers append to.
+    chain: String,
 }
 
 impl Db {
@@ -129,11 +131,19 @@ impl Db {
             kind,
             key: AuditKey::generate().unwrap().pkcs8().to_vec(),
             clock: Arc::new(ManualClock::new(UnixTime::from_secs(1_800_000_000))),
+            chain: BROKER_CHAIN.to_owned(),
         }
+    }
+
+    /// Stores opened from now on write `chain` (a standalone gateway's store).
+    fn writing(mut self, chain: &str) -> Self {
+        chain.clone_into(&mut self.chain);
+        self
     }
 
     fn settings(&self) -> AuditSettings {
         AuditSettings {
+            chain: self.chain.clone(),
             key: AuditKey::from_pkcs8(&self.key).unwrap(),
             checkpoint_every: 10,
             checkpoint_interval_ms: 60_000,
@@ -205,6 +215,7 @@ both!(
     agent_revocation_event_covers_its_latest_token,
     event_snapshot_holds_unexpired_events_and_seqs_survive_purge_and_restart,
     audit_reads_and_ingest_of_another_chain,
+    a_store_writes_the_chain_its_settings_name,
     sessions_children_tokens_and_last_use,
     g12_one_time_claims_are_granted_once_until_they_expire,
 );
@@ -329,7 +340,11 @@ fn approval_row(id: &str) -> ApprovalRow {
 /// Every line of the broker chain, verified under the database's audit key; returns the record
 /// seqs and the number of checkpoints.
 async fn verified_chain(db: &Db, store: &dyn Store) -> (Vec<u64>, usize) {
-    let lines = store.audit_lines(BROKER_CHAIN, 0, u32::MAX).await.unwrap();
+    verified_chain_of(db, store, BROKER_CHAIN).await
+}
+
+async fn verified_chain_of(db: &Db, store: &dyn Store, chain: &str) -> (Vec<u64>, usize) {
+    let lines = store.audit_lines(chain, 0, u32::MAX).await.unwrap();
     let items: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(&l.json).unwrap())
@@ -1033,6 +1048,67 @@ async fn audit_reads_and_ingest_of_another_chain(db: Db) {
         lines.iter().map(|l| l.checkpoint).collect::<Vec<_>>(),
         vec![false, true]
     );
+}
+
+/// A standalone gateway's store (DESIGN.md §8): its writer seals records and signs checkpoints
+/// on the chain its settings name, not the broker's; a reopened store continues that chain;
+/// ingest refuses the store's own chain (its writer holds the head) but not another.
+async fn a_store_writes_the_chain_its_settings_name(db: Db) {
+    let db = db.writing("gw-1");
+    let store = db.open().await;
+    for _ in 0..12 {
+        store.append_audit(draft("gateway_request")).await.unwrap();
+    }
+    let (seqs, checkpoints) = verified_chain_of(&db, &*store, "gw-1").await;
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(checkpoints, 1, "checkpoint_every = 10");
+    for l in store.audit_lines("gw-1", 0, u32::MAX).await.unwrap() {
+        let v: serde_json::Value = serde_json::from_str(&l.json).unwrap();
+        assert_eq!(v["chain"], "gw-1", "{}", l.json);
+    }
+    assert!(
+        store
+            .audit_lines(BROKER_CHAIN, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.audit_chains().await.unwrap(), vec!["gw-1".to_owned()]);
+    let rec = firebreak_store::IngestRecord {
+        seq: 13,
+        hash: "ab".repeat(32),
+        leaf_hash: [7; 32],
+        json: "{\"seq\":13}".into(),
+        session: None,
+        time_ms: 5,
+    };
+    assert!(matches!(
+        store
+            .ingest_audit("gw-1", 12, vec![rec.clone()], vec![])
+            .await,
+        Err(StoreError::ApiMisuse(_))
+    ));
+    store
+        .ingest_audit(
+            "gw-2",
+            0,
+            vec![firebreak_store::IngestRecord { seq: 1, ..rec }],
+            vec![],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(
+        store
+            .append_audit(draft("gateway_request"))
+            .await
+            .unwrap()
+            .seq,
+        13
+    );
+    let (seqs, _) = verified_chain_of(&db, &*store, "gw-1").await;
+    assert_eq!(seqs.len(), 13);
 }
 
 async fn sessions_children_tokens_and_last_use(db: Db) {

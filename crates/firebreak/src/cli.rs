@@ -53,6 +53,19 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// `firebreak gateway`.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    /// Config file.
+    #[arg(long, env = "FIREBREAK_CONFIG", default_value = "firebreak.toml")]
+    pub config: PathBuf,
+    /// Print the gateway's audit public key as the `audit_key = { … }` line for its
+    /// `[[client]]` in the broker's config (with `-o json`: the JWK), creating the key pair in
+    /// `data_dir` if there is none yet, and exit without starting.
+    #[arg(long)]
+    pub print_audit_key: bool,
+}
+
 /// How to reach a running broker.
 #[derive(Debug, Args, Clone)]
 pub struct BrokerArgs {
@@ -98,7 +111,13 @@ pub enum Command {
     /// (with `data_dir` for its own audit chain) and its `[[gateway.route]]`s. It authenticates
     /// to the broker as a `[[client]]` with role `stream`, decides in-process and fails closed
     /// when the broker's event stream goes quiet for `stale_after`. Exits 78 on a bad config.
-    Gateway(ConfigArg),
+    ///
+    /// It writes its own audit chain (named by its `client_id`) in `data_dir`, each record
+    /// durable before the request is forwarded, and ships it to the broker's
+    /// `/v1/audit/ingest` in the background. The broker accepts it once the gateway's
+    /// `[[client]]` there has role `stream` and `audit_key` set to the key that
+    /// `firebreak gateway --config gw.toml --print-audit-key` prints.
+    Gateway(GatewayArgs),
     /// Token helpers.
     #[command(subcommand)]
     Token(TokenCommand),

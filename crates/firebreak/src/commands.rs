@@ -73,6 +73,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Demo { keep } => crate::demo::run(keep, out).await,
         Command::Serve(c) => serve(&c.config).await,
+        Command::Gateway(c) if c.print_audit_key => {
+            crate::gateway_cmd::print_audit_key(&c.config, out)
+        }
         Command::Gateway(c) => crate::gateway_cmd::standalone(&c.config).await,
         Command::Check(c) => check(&c.config, out),
         Command::Token(TokenCommand::Exchange {
@@ -434,6 +437,7 @@ pub async fn open_store(
 ) -> Result<Arc<dyn Store>, CliError> {
     let url = &cfg.store.url;
     let settings = |key| firebreak_store::AuditSettings {
+        chain: firebreak_store::BROKER_CHAIN.to_owned(),
         key,
         checkpoint_every: cfg.audit.checkpoint_every,
         checkpoint_interval_ms: cfg.audit.checkpoint_interval.as_millis(),

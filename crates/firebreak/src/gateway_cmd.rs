@@ -104,19 +104,26 @@ pub async fn start(
     Ok((gw, task))
 }
 
-/// `firebreak gateway --config FILE`: a file holding `[gateway]` (with `data_dir`).
-pub async fn standalone(path: &Path) -> Result<(), CliError> {
-    let cfg_err = |rule: &str, reason: String| {
+/// How long a stopping gateway keeps trying to ship what its chain holds beyond the broker's
+/// copy. What is left ships at the next start: the records are durable in `data_dir`.
+const FINAL_SHIP_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn file_err(path: &Path) -> impl Fn(&str, String) -> CliError + '_ {
+    move |rule: &str, reason: String| {
         CliError::Config(ConfigError {
             file: path.to_owned(),
             line: None,
             rule: rule.into(),
             reason,
         })
-    };
+    }
+}
+
+/// Reads a standalone gateway's file: only `[gateway]` and `[egress]` tables.
+fn read_standalone(path: &Path) -> Result<toml::Table, CliError> {
+    let cfg_err = file_err(path);
     let text = std::fs::read_to_string(path).map_err(|e| cfg_err("file", e.to_string()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| cfg_err("syntax", e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| cfg_err("syntax", e.to_string()))?;
     if let Some(k) = table
         .keys()
         .find(|k| k.as_str() != "gateway" && k.as_str() != "egress")
@@ -126,6 +133,47 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
             "a standalone gateway config holds only [gateway] and [egress]".into(),
         ));
     }
+    Ok(table)
+}
+
+/// `firebreak gateway --config FILE --print-audit-key`: the public half of the key that signs
+/// the gateway's checkpoints, as the broker's `[[client]] audit_key` takes it. Only `data_dir`
+/// is read, so this works before the client secret is in the environment; the key pair is made
+/// when there is none yet, so it can be registered before the first start.
+pub fn print_audit_key(path: &Path, out: crate::cli::Output) -> Result<(), CliError> {
+    let cfg_err = file_err(path);
+    let table = read_standalone(path)?;
+    let data_dir = table
+        .get("gateway")
+        .and_then(|g| g.get("data_dir"))
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| {
+            cfg_err(
+                "gateway data_dir",
+                "a standalone gateway needs data_dir for its own audit chain".into(),
+            )
+        })?;
+    let key = firebreak_server::audit::load_or_create_key(Path::new(data_dir)).map_err(failed)?;
+    let jwk = key.public().to_jwk();
+    match out {
+        crate::cli::Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&jwk).map_err(failed)?)
+        }
+        crate::cli::Output::Human => {
+            let x = jwk
+                .get("x")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            println!("audit_key = {{ kty = \"OKP\", crv = \"Ed25519\", x = \"{x}\" }}");
+        }
+    }
+    Ok(())
+}
+
+/// `firebreak gateway --config FILE`: a file holding `[gateway]` (with `data_dir`).
+pub async fn standalone(path: &Path) -> Result<(), CliError> {
+    let cfg_err = file_err(path);
+    let mut table = read_standalone(path)?;
     let egress = match table.remove("egress") {
         Some(toml::Value::Table(t)) => Some(egress_config(t, path)?),
         Some(_) => return Err(cfg_err("egress", "must be a table".into())),
@@ -144,16 +192,18 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
     let clock: Arc<dyn Clock> = Arc::new(firebreak_core::SystemClock);
     std::fs::create_dir_all(&data_dir).map_err(failed)?;
     let key = firebreak_server::audit::load_or_create_key(&data_dir).map_err(failed)?;
+    // Its own chain, named by its client id: the name the broker files it under at ingest.
+    let chain = cfg.client_id.clone();
     let settings = firebreak_store::AuditSettings {
+        chain: chain.clone(),
         key,
         checkpoint_every: 1000,
-        checkpoint_interval_ms: 10_000,
+        checkpoint_interval_ms: cfg.checkpoint_interval.as_millis(),
         clock: Arc::clone(&clock),
         queue: 8192,
     };
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&data_dir.join("gateway.db"), settings).map_err(failed)?);
-    let chain = cfg.client_id.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -161,11 +211,26 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let (gw, task) = start(cfg, Arc::clone(&store), chain, clock, stopped()).await?;
+    let (gw, task) = start(cfg, Arc::clone(&store), chain.clone(), clock, stopped()).await?;
+    let shipper = firebreak_gateway::ship::Shipper::new(
+        Arc::clone(&store),
+        gw.enforcer().link().clone(),
+        firebreak_gateway::ship::ShipConfig::new(chain, data_dir.join("shipped.seq")),
+    );
+    gw.report_shipping(shipper.metrics());
+    let (ship_stop, ship_stopped) = tokio::sync::watch::channel(false);
+    let ship_task = tokio::spawn(shipper.run(ship_stopped, FINAL_SHIP_WITHIN));
     let egress_task = match egress {
-        Some((listen, ecfg)) => {
-            Some(start_egress(listen, ecfg, Arc::clone(gw.enforcer()), store, stopped()).await?)
-        }
+        Some((listen, ecfg)) => Some(
+            start_egress(
+                listen,
+                ecfg,
+                Arc::clone(gw.enforcer()),
+                Arc::clone(&store),
+                stopped(),
+            )
+            .await?,
+        ),
         None => None,
     };
     crate::commands::shutdown_signal().await;
@@ -173,5 +238,9 @@ pub async fn standalone(path: &Path) -> Result<(), CliError> {
     if let Some(t) = egress_task {
         let _ = t.await;
     }
-    task.await.map_err(failed)?.map_err(failed)
+    let served = task.await;
+    // The listeners have drained, so the chain holds its last record: ship it before exiting.
+    let _ = ship_stop.send(true);
+    let _ = ship_task.await;
+    served.map_err(failed)?.map_err(failed)
 }

@@ -42,6 +42,7 @@ async fn log_of_1000() -> Log {
         SqliteStore::open(
             &db,
             AuditSettings {
+                chain: firebreak_store::BROKER_CHAIN.to_owned(),
                 key,
                 checkpoint_every: 100,
                 checkpoint_interval_ms: 3_600_000,

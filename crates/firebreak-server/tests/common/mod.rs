@@ -267,6 +267,7 @@ impl Harness {
 pub fn open_store(data: &std::path::Path, clock: &ManualClock) -> SqliteStore {
     let key = firebreak_server::audit::load_or_create_key(data).unwrap();
     let settings = firebreak_store::AuditSettings {
+        chain: firebreak_store::BROKER_CHAIN.to_owned(),
         key,
         checkpoint_every: 100,
         checkpoint_interval_ms: 10_000,

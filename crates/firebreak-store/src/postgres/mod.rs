@@ -141,6 +141,9 @@ impl PgStore {
         settings: AuditSettings,
         pool: PgPoolSettings,
     ) -> Result<PgStore, StoreError> {
+        if settings.chain.is_empty() {
+            return Err(StoreError::Open("the audit chain needs a name".into()));
+        }
         let config = Self::config(url, &pool)?;
         let mut client = pool::connect(&config, pool.connect_timeout)
             .await
@@ -154,7 +157,7 @@ impl PgStore {
         migrations::run(&mut client)
             .await
             .map_err(|e| StoreError::Open(format!("migration: {e}")))?;
-        writer::init_head(&client, settings.clock.now())
+        writer::init_head(&client, &settings.chain, settings.clock.now())
             .await
             .map_err(open_err)?;
         let head = events::head_tx(&client).await.map_err(open_err)?;
@@ -752,15 +755,24 @@ impl Store for PgStore {
     ) -> StoreFuture<'_, ()> {
         let chain = chain.to_owned();
         Box::pin(self.pool.run(async move |c| {
-            if chain == crate::BROKER_CHAIN {
-                return Err(StoreError::ApiMisuse(
-                    "the broker chain is written by the writer only",
-                ));
-            }
             let tx = c.client.transaction().await.map_err(db_err)?;
             // Two replicas ingesting the same gateway's chain take turns; the second then sees
             // the head moved.
             tx.execute(chain_lock(), &[&chain]).await.map_err(db_err)?;
+            // A chain with a head row is some writer's own (the broker's, on every replica):
+            // its writers keep that row, so rows slipped in beside it would fork the chain.
+            let written = tx
+                .query_opt(
+                    "SELECT 1 FROM audit_chain_heads WHERE chain = $1",
+                    &[&chain],
+                )
+                .await
+                .map_err(db_err)?;
+            if written.is_some() {
+                return Err(StoreError::ApiMisuse(
+                    "a writer's own chain is written by its writers only",
+                ));
+            }
             let head = audit_head_tx(&tx, &chain).await?.map_or(0, |(s, _)| s);
             if head != expected_head {
                 return Err(StoreError::HeadMoved);

@@ -1,5 +1,5 @@
 //! The PostgreSQL audit writer: one task and one connection per store, group commit, and ONE
-//! broker chain shared by every replica on the database.
+//! chain (`AuditSettings::chain`, the broker's) shared by every replica on the database.
 //!
 //! Each batch is one transaction that first takes the chain's transaction-scoped advisory lock,
 //! then reads the chain's end from `audit_chain_heads` (seq, hash, Merkle frontier, last
@@ -24,7 +24,7 @@ use tokio_postgres::Transaction;
 
 use super::pool::{Pool, StmtCache};
 use super::{apply_exchange, chain_lock, corrupt, db_err, to_u64};
-use crate::{AuditDraft, AuditReceipt, AuditSettings, BROKER_CHAIN, NewExchange, StoreError};
+use crate::{AuditDraft, AuditReceipt, AuditSettings, NewExchange, StoreError};
 
 /// At most this many writes per transaction.
 const MAX_BATCH: usize = 1024;
@@ -77,10 +77,11 @@ impl Chain {
     }
 }
 
-/// Creates the broker chain's head row if this is the first store on the database. The
-/// checkpoint timer starts now, as the SQLite writer's does at open.
+/// Creates the head row of the writer's chain (`name`) if this is the first store on the
+/// database to write it. The checkpoint timer starts now, as the SQLite writer's does at open.
 pub(super) async fn init_head(
     client: &tokio_postgres::Client,
+    name: &str,
     now: UnixTime,
 ) -> Result<(), StoreError> {
     client
@@ -88,14 +89,18 @@ pub(super) async fn init_head(
             "INSERT INTO audit_chain_heads
                  (chain, seq, hash, frontier, last_checkpoint_size, last_checkpoint_at)
              VALUES ($1, 0, $2, ''::BYTEA, 0, $3) ON CONFLICT (chain) DO NOTHING",
-            &[&BROKER_CHAIN, &ChainHead::genesis().hash, &now.as_millis()],
+            &[&name, &ChainHead::genesis().hash, &now.as_millis()],
         )
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-async fn load_chain(tx: &Transaction<'_>, cache: &mut StmtCache) -> Result<Chain, StoreError> {
+async fn load_chain(
+    tx: &Transaction<'_>,
+    cache: &mut StmtCache,
+    name: &str,
+) -> Result<Chain, StoreError> {
     let t = "audit_chain_heads";
     let st = cache
         .get(
@@ -105,10 +110,10 @@ async fn load_chain(tx: &Transaction<'_>, cache: &mut StmtCache) -> Result<Chain
         )
         .await?;
     let row = tx
-        .query_opt(&st, &[&BROKER_CHAIN])
+        .query_opt(&st, &[&name])
         .await
         .map_err(db_err)?
-        .ok_or_else(|| corrupt(t, "no head row for the broker chain"))?;
+        .ok_or_else(|| corrupt(t, format!("no head row for chain {name}")))?;
     let seq = to_u64(row.try_get(0).map_err(|e| corrupt(t, e))?, t)?;
     let frontier: Vec<u8> = row.try_get(2).map_err(|e| corrupt(t, e))?;
     let peaks = frontier
@@ -132,6 +137,7 @@ async fn load_chain(tx: &Transaction<'_>, cache: &mut StmtCache) -> Result<Chain
 async fn store_chain(
     tx: &Transaction<'_>,
     cache: &mut StmtCache,
+    name: &str,
     chain: &Chain,
 ) -> Result<(), StoreError> {
     let st = cache
@@ -147,7 +153,7 @@ async fn store_chain(
     tx.execute(
         &st,
         &[
-            &BROKER_CHAIN,
+            &name,
             &i64::try_from(chain.head.seq).unwrap_or(i64::MAX),
             &chain.head.hash,
             &frontier,
@@ -243,8 +249,9 @@ async fn commit_batch(pool: &Pool, settings: &AuditSettings, batch: Vec<Item>) -
             let tx = conn.client.transaction().await.map_err(db_err)?;
             let cache = &mut conn.cache;
             let lock = cache.get(&tx, chain_lock()).await?;
-            tx.execute(&lock, &[&BROKER_CHAIN]).await.map_err(db_err)?;
-            let mut chain = load_chain(&tx, cache).await?;
+            let name = settings.chain.as_str();
+            tx.execute(&lock, &[&name]).await.map_err(db_err)?;
+            let mut chain = load_chain(&tx, cache, name).await?;
             let mut tx = tx;
             for w in work {
                 match w {
@@ -253,7 +260,7 @@ async fn commit_batch(pool: &Pool, settings: &AuditSettings, batch: Vec<Item>) -
                         let sp = tx.savepoint("item").await.map_err(db_err)?;
                         let r = async {
                             apply_exchange(&sp, cache, &ex).await?;
-                            append(&sp, cache, &mut chain, draft).await
+                            append(&sp, cache, name, &mut chain, draft).await
                         }
                         .await;
                         sp_end(sp, &r).await?;
@@ -270,7 +277,7 @@ async fn commit_batch(pool: &Pool, settings: &AuditSettings, batch: Vec<Item>) -
                         // insert gets its own savepoint.
                         let before = chain.clone();
                         let sp = tx.savepoint("item").await.map_err(db_err)?;
-                        let r = append(&sp, cache, &mut chain, draft).await;
+                        let r = append(&sp, cache, name, &mut chain, draft).await;
                         sp_end(sp, &r).await?;
                         if r.is_ok() {
                             checkpoint_if_due(&tx, cache, settings, &mut chain, false).await?;
@@ -284,7 +291,7 @@ async fn commit_batch(pool: &Pool, settings: &AuditSettings, batch: Vec<Item>) -
             }
             // Checkpoints by count were cut after each record; by time, one more covers the rest.
             checkpoint_if_due(&tx, cache, settings, &mut chain, true).await?;
-            store_chain(&tx, cache, &chain).await?;
+            store_chain(&tx, cache, name, &chain).await?;
             tx.commit().await.map_err(db_err)?;
             Ok(chain)
         })
@@ -361,7 +368,7 @@ async fn checkpoint_if_due(
         return Ok(());
     }
     let cp = sign_checkpoint(
-        BROKER_CHAIN,
+        &settings.chain,
         chain.head.seq,
         &chain.tree.root(),
         now,
@@ -377,7 +384,7 @@ async fn checkpoint_if_due(
     tx.execute(
         &st,
         &[
-            &BROKER_CHAIN,
+            &settings.chain,
             &i64::try_from(chain.head.seq).unwrap_or(i64::MAX),
             &cp.to_string(),
         ],
@@ -394,13 +401,14 @@ async fn checkpoint_if_due(
 async fn append(
     tx: &Transaction<'_>,
     cache: &mut StmtCache,
+    name: &str,
     chain: &mut Chain,
     draft: AuditDraft,
 ) -> Result<AuditReceipt, StoreError> {
     #[cfg(feature = "danger-bench-no-audit")]
     {
         // Benchmark-only build: the exchange without its record. See Cargo.toml.
-        let _ = (tx, cache, draft);
+        let _ = (tx, cache, name, draft);
         Ok(AuditReceipt {
             seq: chain.head.seq,
             hash: chain.head.hash.clone(),
@@ -408,7 +416,7 @@ async fn append(
     }
     #[cfg(not(feature = "danger-bench-no-audit"))]
     {
-        let sealed = seal(draft.fields, BROKER_CHAIN, draft.time, &chain.head)
+        let sealed = seal(draft.fields, name, draft.time, &chain.head)
             .map_err(|e| StoreError::Audit(e.to_string()))?;
         let st = cache
             .get(
@@ -420,7 +428,7 @@ async fn append(
         tx.execute(
             &st,
             &[
-                &BROKER_CHAIN,
+                &name,
                 &i64::try_from(sealed.seq).unwrap_or(i64::MAX),
                 &sealed.hash,
                 &sealed.leaf_hash.as_slice(),

@@ -26,6 +26,8 @@ use crate::{
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     writer: writer::WriterHandle,
+    /// The chain the writer appends to (`AuditSettings::chain`); never written by ingest.
+    chain: Arc<str>,
     path: PathBuf,
     /// The event head after each commit that wrote events (`Store::event_watch`).
     events: Arc<tokio::sync::watch::Sender<u64>>,
@@ -73,6 +75,9 @@ impl SqliteStore {
     /// # Errors
     /// `StoreError::Open` when the file cannot be created or opened or a migration fails.
     pub fn open(path: &Path, audit: AuditSettings) -> Result<Self, StoreError> {
+        if audit.chain.is_empty() {
+            return Err(StoreError::Open("the audit chain needs a name".into()));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
@@ -80,11 +85,13 @@ impl SqliteStore {
         create_private_file(path)?;
         let conn = Self::connect(path)?;
         migrations::run(&conn).map_err(|e| StoreError::Open(format!("migration: {e}")))?;
+        let chain: Arc<str> = Arc::from(audit.chain.as_str());
         let writer = writer::start(Self::connect(path)?, Self::connect(path)?, audit)?;
         let head = events::head_tx(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writer,
+            chain,
             path: path.to_owned(),
             events: Arc::new(tokio::sync::watch::channel(head).0),
             claims: Arc::new(Mutex::new(OnceClaims::default())),
@@ -805,10 +812,13 @@ impl Store for SqliteStore {
         checkpoints: Vec<(u64, String)>,
     ) -> StoreFuture<'_, ()> {
         let chain = chain.to_owned();
+        let own = Arc::clone(&self.chain);
         self.with(move |conn| {
-            if chain == crate::BROKER_CHAIN {
+            // The writer keeps this chain's head in memory; rows slipped in beside it would
+            // fork the chain at its next append.
+            if *chain == *own {
                 return Err(StoreError::ApiMisuse(
-                    "the broker chain is written by the writer only",
+                    "the store's own chain is written by its writer only",
                 ));
             }
             let tx = conn

@@ -4,6 +4,7 @@ use super::*;
 
 fn settings() -> crate::AuditSettings {
     crate::AuditSettings {
+        chain: crate::BROKER_CHAIN.into(),
         key: firebreak_audit::AuditKey::generate().unwrap(),
         checkpoint_every: 10,
         checkpoint_interval_ms: 60_000,

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{apply_exchange, db_err};
-use crate::{AuditDraft, AuditReceipt, AuditSettings, BROKER_CHAIN, NewExchange, StoreError};
+use crate::{AuditDraft, AuditReceipt, AuditSettings, NewExchange, StoreError};
 
 /// At most this many writes per transaction.
 const MAX_BATCH: usize = 1024;
@@ -60,7 +60,7 @@ struct Chain {
     last_checkpoint_at: UnixTime,
 }
 
-fn load_chain(conn: &Connection, now: UnixTime) -> Result<Chain, StoreError> {
+fn load_chain(conn: &Connection, name: &str, now: UnixTime) -> Result<Chain, StoreError> {
     let mut tree = CompactTree::default();
     let mut head = ChainHead::genesis();
     {
@@ -68,7 +68,7 @@ fn load_chain(conn: &Connection, now: UnixTime) -> Result<Chain, StoreError> {
             .prepare("SELECT seq, hash, leaf_hash FROM audit_records WHERE chain = ?1 ORDER BY seq")
             .map_err(db_err)?;
         let rows = stmt
-            .query_map(params![BROKER_CHAIN], |r| {
+            .query_map(params![name], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -99,7 +99,7 @@ fn load_chain(conn: &Connection, now: UnixTime) -> Result<Chain, StoreError> {
     let last: Option<i64> = conn
         .query_row(
             "SELECT MAX(tree_size) FROM audit_checkpoints WHERE chain = ?1",
-            params![BROKER_CHAIN],
+            params![name],
             |r| r.get(0),
         )
         .optional()
@@ -119,7 +119,7 @@ pub(super) fn start(
     checkpointer: Connection,
     settings: AuditSettings,
 ) -> Result<WriterHandle, StoreError> {
-    let chain = load_chain(&conn, settings.clock.now())?;
+    let chain = load_chain(&conn, &settings.chain, settings.clock.now())?;
     // WAL checkpoints copy pages back into the database file; done inline they stall a group
     // commit (and every request in it). A separate connection does them in the background.
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
@@ -201,7 +201,7 @@ fn commit_batch(
                     let snapshot = chain.clone();
                     let r = with_savepoint(&mut tx, |sp| {
                         apply_exchange(sp, &ex)?;
-                        append(sp, chain, draft)
+                        append(sp, &settings.chain, chain, draft)
                     });
                     if r.is_err() {
                         // The savepoint rolled back, so the chain must not have moved either.
@@ -214,7 +214,7 @@ fn commit_batch(
                 Item::Audit(draft, reply) => {
                     // One INSERT: SQLite undoes a failed statement by itself, so no savepoint is
                     // needed, and `append` moves the chain only after the insert succeeded.
-                    let r = append(&tx, chain, draft);
+                    let r = append(&tx, &settings.chain, chain, draft);
                     if r.is_ok() {
                         checkpoint_if_due(&tx, settings, chain, false)?;
                     }
@@ -286,7 +286,7 @@ fn checkpoint_if_due(
         return Ok(());
     }
     let cp = sign_checkpoint(
-        BROKER_CHAIN,
+        &settings.chain,
         chain.head.seq,
         &chain.tree.root(),
         now,
@@ -296,7 +296,7 @@ fn checkpoint_if_due(
     tx.execute(
         "INSERT INTO audit_checkpoints (chain, tree_size, json) VALUES (?1, ?2, ?3)",
         params![
-            BROKER_CHAIN,
+            settings.chain,
             i64::try_from(chain.head.seq).unwrap_or(i64::MAX),
             cp.to_string()
         ],
@@ -330,29 +330,31 @@ fn with_savepoint<T>(
 /// succeeded; a later failure of the whole batch restores it from `before`.
 fn append(
     conn: &Connection,
+    name: &str,
     chain: &mut Chain,
     draft: AuditDraft,
 ) -> Result<AuditReceipt, StoreError> {
     #[cfg(feature = "danger-bench-no-audit")]
     {
         // Benchmark-only build: the exchange without its record. See Cargo.toml.
-        let _ = (conn, draft);
+        let _ = (conn, name, draft);
         Ok(AuditReceipt {
             seq: chain.head.seq,
             hash: chain.head.hash.clone(),
         })
     }
     #[cfg(not(feature = "danger-bench-no-audit"))]
-    append_record(conn, chain, draft)
+    append_record(conn, name, chain, draft)
 }
 
 #[cfg(not(feature = "danger-bench-no-audit"))]
 fn append_record(
     conn: &Connection,
+    name: &str,
     chain: &mut Chain,
     draft: AuditDraft,
 ) -> Result<AuditReceipt, StoreError> {
-    let sealed = seal(draft.fields, BROKER_CHAIN, draft.time, &chain.head)
+    let sealed = seal(draft.fields, name, draft.time, &chain.head)
         .map_err(|e| StoreError::Audit(e.to_string()))?;
     conn.prepare_cached(
         "INSERT INTO audit_records (chain, seq, hash, leaf_hash, json, session, time)
@@ -360,7 +362,7 @@ fn append_record(
     )
     .and_then(|mut st| {
         st.execute(params![
-            BROKER_CHAIN,
+            name,
             i64::try_from(sealed.seq).unwrap_or(i64::MAX),
             sealed.hash,
             sealed.leaf_hash.to_vec(),
