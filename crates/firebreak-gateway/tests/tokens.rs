@@ -9,6 +9,10 @@
     reason = "tests"
 )]
 
+#[allow(
+    unused_imports,
+    reason = "the shared harness re-exports more than this file uses"
+)]
 mod common;
 
 use std::sync::Arc;
