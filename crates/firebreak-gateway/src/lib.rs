@@ -148,19 +148,22 @@ struct Refuse {
 /// still repeated; a TE with a CL is refused too should hyper ever pass one through. The answer
 /// closes the connection, so no bytes after this request are ever read as another request.
 fn check_framing(headers: &HeaderMap) -> Result<(), Refuse> {
-    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let cls: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let cl = cls.len();
+    // On the hot path: iterators, no allocation.
+    let mut cls = headers.get_all(header::CONTENT_LENGTH).iter();
     // hyper accepts a list of equal values ("5, 5"); one plain number is the only form taken.
-    let cl_ok = cls
-        .iter()
-        .all(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
-    let te_ok = match te.as_slice() {
-        [] => true,
-        [one] => one.as_bytes().eq_ignore_ascii_case(b"chunked") && cl == 0,
-        _ => false,
+    let cl_ok = match (cls.next(), cls.next()) {
+        (None, _) => true,
+        (Some(v), None) => !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit),
+        (Some(_), Some(_)) => false,
     };
-    if te_ok && cl_ok && cl <= 1 {
+    let has_cl = headers.contains_key(header::CONTENT_LENGTH);
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let te_ok = match (te.next(), te.next()) {
+        (None, _) => true,
+        (Some(one), None) => one.as_bytes().eq_ignore_ascii_case(b"chunked") && !has_cl,
+        (Some(_), Some(_)) => false,
+    };
+    if te_ok && cl_ok {
         return Ok(());
     }
     Err(Refuse {
