@@ -133,6 +133,9 @@ impl Clock for BrokerTime {
     }
 }
 
+/// `measured_skew_ms` before any heartbeat carried a `time`.
+const NO_SKEW: i64 = i64::MIN;
+
 /// A skew change smaller than this is not applied, so network jitter between heartbeats never
 /// moves the estimated broker time back and forth.
 const SKEW_HYSTERESIS_MS: i64 = 1_000;
@@ -149,7 +152,10 @@ pub struct Enforcer {
     clock: Arc<dyn Clock>,
     broker_time: Arc<BrokerTime>,
     /// Local minus broker as last measured (ms); `None` before the first heartbeat.
-    measured_skew_ms: std::sync::Mutex<Option<i64>>,
+    /// [`NO_SKEW`] before the first heartbeat. Atomics, not a lock: read on every request.
+    measured_skew_ms: std::sync::atomic::AtomicI64,
+    /// Whether that skew is beyond the leeway: derived once per heartbeat, not per request.
+    skewed: std::sync::atomic::AtomicBool,
     state: RwLock<FeedState>,
     bundle: RwLock<Option<Arc<Bundle>>>,
     tokens: std::sync::OnceLock<TokenVerifier>,
@@ -194,7 +200,8 @@ impl Enforcer {
             local: clock,
             clock: Arc::clone(&broker_time) as Arc<dyn Clock>,
             broker_time,
-            measured_skew_ms: std::sync::Mutex::new(None),
+            measured_skew_ms: std::sync::atomic::AtomicI64::new(NO_SKEW),
+            skewed: std::sync::atomic::AtomicBool::new(false),
             state: RwLock::new(FeedState::default()),
             bundle: RwLock::new(None),
             tokens: std::sync::OnceLock::new(),
@@ -249,10 +256,10 @@ impl Enforcer {
 
     /// Local minus broker time (ms) as the last heartbeat measured it.
     pub fn clock_skew_ms(&self) -> Option<i64> {
-        *self
+        let s = self
             .measured_skew_ms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (s != NO_SKEW).then_some(s)
     }
 
     /// Refuses while the clock is off the broker's beyond the leeway (F8). Callers check this
@@ -270,9 +277,7 @@ impl Enforcer {
 
     /// Whether the measured skew is beyond the leeway (F8).
     fn skewed(&self) -> bool {
-        self.clock_skew_ms().is_some_and(|s| {
-            s.unsigned_abs() > self.leeway_secs.unsigned_abs().saturating_mul(1000)
-        })
+        self.skewed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records the skew a heartbeat or snapshot shows (`time`: the broker's Unix seconds, with
@@ -287,14 +292,16 @@ impl Enforcer {
         };
         // f64 seconds with ms precision; far-off values saturate instead of wrapping.
         let broker_ms = (t * 1000.0).round().clamp(i64::MIN as f64, i64::MAX as f64) as i64;
-        let skew = local.as_millis().saturating_sub(broker_ms);
-        let was_skewed = self.skewed();
-        *self
-            .measured_skew_ms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(skew);
+        // Never the sentinel: that would read as "not measured".
+        let skew = local.as_millis().saturating_sub(broker_ms).max(NO_SKEW + 1);
         let limit = self.leeway_secs.saturating_mul(1000);
-        if self.skewed() {
+        self.measured_skew_ms
+            .store(skew, std::sync::atomic::Ordering::Relaxed);
+        let is_skewed = skew.unsigned_abs() > limit.unsigned_abs();
+        let was_skewed = self
+            .skewed
+            .swap(is_skewed, std::sync::atomic::Ordering::Relaxed);
+        if is_skewed {
             if !was_skewed {
                 tracing::warn!(
                     skew_ms = skew,
